@@ -1,0 +1,142 @@
+"""Model cards: the zoo as data. YAML files under cvzoo/cards/ loaded into typed records.
+
+Torch-free on purpose: deployment code reads cards/manifests without importing torch.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import CvzooError
+from .labels import load_label_set
+
+Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos"]
+CheckpointFormat = Literal["timm", "ucbdrive", "vovnet_v1", "lukemelas_lite"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PublishedResult(_Strict):
+    """One row of a seed table (or of our own training report, for fixtures)."""
+    source: str
+    top1: float
+    top5: Optional[float] = None
+    flops_g: Optional[float] = None  # seed convention: thop MACs x 2 / 0.9, in G
+    params_m: Optional[float] = None  # thop's parameter count, in M
+    input_size: int
+    dataset: str = "imagenet-val"
+
+
+class WeightsSource(_Strict):
+    """Where a card's default weights live: a PyPI package that ships them, or a file name."""
+    package: Optional[str] = None  # importable module that ships a .pth under models/
+    pip: Optional[str] = None  # its PyPI name, for the error message
+    file: Optional[str] = None  # a file name searched in the weights path
+
+
+class Preprocessing(_Strict):
+    """Everything needed to turn an image into the model's input tensor."""
+    input_size: int
+    crop_pct: float
+    interpolation: Interpolation
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color_order: Literal["RGB"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+
+    @property
+    def resize_size(self) -> int:
+        """Short side after resize, as timm and the seeds compute it."""
+        return math.floor(self.input_size / self.crop_pct)
+
+
+class ModelCard(_Strict):
+    name: str
+    family: str
+    arch: str  # timm model name (or one cvzoo registers into timm, e.g. vovnet_v1)
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    labels: str  # a shipped label set, see cvzoo/labels/
+    preprocessing: Preprocessing
+    checkpoint: tuple[CheckpointFormat, ...] = ("timm",)
+    weights: Optional[WeightsSource] = None
+    published: tuple[PublishedResult, ...] = ()
+    paper: Optional[str] = None
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return (v,) if isinstance(v, str) else v
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for _, name in load_label_set(self.labels)]
+
+    @property
+    def synsets(self) -> list[str]:
+        return [syn for syn, _ in load_label_set(self.labels)]
+
+    @property
+    def num_classes(self) -> int:
+        return len(load_label_set(self.labels))
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+    def published_row(self, source: str) -> Optional[PublishedResult]:
+        return next((r for r in self.published if r.source == source), None)
+
+
+_PREPROC_KEYS = {"input_size", "crop_pct", "interpolation"}
+
+
+def _read_yaml(name: str) -> dict:
+    return yaml.safe_load((resources.files("cvzoo") / "cards" / name).read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
+def _registry() -> dict[str, ModelCard]:
+    common = _read_yaml("_common.yaml")
+    cards: dict[str, ModelCard] = {}
+    files = sorted(p.name for p in (resources.files("cvzoo") / "cards").iterdir()
+                   if p.name.endswith(".yaml") and not p.name.startswith("_"))
+    for fname in files:
+        doc = _read_yaml(fname)
+        for entry in doc["models"]:
+            raw = {**doc.get("defaults", {}), **entry}
+            raw.setdefault("family", doc["family"])
+            raw.setdefault("paper", doc.get("paper"))
+            norm = common["normalization"][raw.pop("normalization")]
+            pre = {k: raw.pop(k) for k in _PREPROC_KEYS if k in raw}
+            raw["preprocessing"] = Preprocessing(**pre, **norm)
+            card = ModelCard(**raw)
+            if card.name in cards:
+                raise CvzooError(f"duplicate model card '{card.name}' in cvzoo/cards/{fname}")
+            cards[card.name] = card
+    return cards
+
+
+def list_models(family: Optional[str] = None) -> list[ModelCard]:
+    """All cards, optionally one family, in table order."""
+    return [c for c in _registry().values() if family is None or c.family == family]
+
+
+def families() -> list[str]:
+    return sorted({c.family for c in _registry().values()})
+
+
+def get_card(name: str) -> ModelCard:
+    try:
+        return _registry()[name]
+    except KeyError:
+        import difflib
+        close = difflib.get_close_matches(name, list(_registry()), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `cvzoo list`"
+        raise CvzooError(f"unknown model '{name}'{hint}") from None

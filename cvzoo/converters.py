@@ -1,0 +1,73 @@
+"""Checkpoint key-layout converters: foreign state dict -> the timm model's state dict.
+
+Each converter takes (state_dict, target_state_dict) and returns a state dict meant to load strictly.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+def timm_identity(sd: StateDict, target: StateDict) -> StateDict:
+    return dict(sd)
+
+
+def ucbdrive_dla(sd: StateDict, target: StateDict) -> StateDict:
+    """ucbdrive/dla uses timm's key names, but builds a `project` conv+BN on every Tree whose channels
+    change, also on non-leaf trees where its output is overwritten and never used. timm omits those;
+    drop them (only project keys timm has no slot for, so a real mismatch still fails strict loading)."""
+    dead = re.compile(r"^(level\d(?:\.tree\d)*)\.project\.")
+    return {k: v for k, v in sd.items() if not (dead.match(k) and k not in target)}
+
+
+_V1_RENAMES = [
+    (re.compile(r"^stem\.stem_(\d)/(conv|norm)\.(.+)$"),
+     lambda m: f"stem.{int(m[1]) - 1}.{_v1_norm(m[2])}.{m[3]}"),
+    (re.compile(r"^stage(\d)\.OSA\d_(\d+)\.layers\.(\d+)\.OSA\d_\d+_\d+/(conv|norm)\.(.+)$"),
+     lambda m: f"stages.{int(m[1]) - 2}.blocks.{int(m[2]) - 1}.conv_mid.{m[3]}.{_v1_norm(m[4])}.{m[5]}"),
+    (re.compile(r"^stage(\d)\.OSA\d_(\d+)\.concat\.OSA\d_\d+_concat/(conv|norm)\.(.+)$"),
+     lambda m: f"stages.{int(m[1]) - 2}.blocks.{int(m[2]) - 1}.conv_concat.{_v1_norm(m[3])}.{m[4]}"),
+    (re.compile(r"^classifier\.(weight|bias)$"), lambda m: f"head.fc.{m[1]}"),
+]
+
+
+def _v1_norm(kind: str) -> str:
+    return "bn" if kind == "norm" else kind
+
+
+def vovnet_v1(sd: StateDict, target: StateDict) -> StateDict:
+    """The seed article's VoVNet-v1 names (`stem.stem_1/conv.weight`, `stage2.OSA2_1.layers.0.OSA2_1_0/...`)."""
+    out = {}
+    for key, value in sd.items():
+        for pattern, rename in _V1_RENAMES:
+            m = pattern.match(key)
+            if m:
+                key = rename(m)
+                break
+        out[key] = value  # unmatched keys pass through and are reported by strict loading
+    return out
+
+
+def lukemelas_lite(sd: StateDict, target: StateDict) -> StateDict:
+    """lukemelas-style EfficientNet(-Lite) names (`_blocks.0._depthwise_conv.weight`): the tensors come in
+    the same order as timm's, so rename by position, checking every shape on the way."""
+    if len(sd) != len(target):
+        return dict(sd)  # let strict loading report the mismatch
+    out = {}
+    for (src_key, value), (dst_key, ref) in zip(sd.items(), target.items()):
+        if value.shape != ref.shape:
+            return dict(sd)
+        out[dst_key] = value
+    return out
+
+
+CONVERTERS: dict[str, Callable[[StateDict, StateDict], StateDict]] = {
+    "timm": timm_identity,
+    "ucbdrive": ucbdrive_dla,
+    "vovnet_v1": vovnet_v1,
+    "lukemelas_lite": lukemelas_lite,
+}

@@ -1,0 +1,5 @@
+"""One exception type for everything a user can get wrong; the CLI prints it as one line."""
+
+
+class CvzooError(Exception):
+    """A user-facing error: bad input, bad config, bad checkpoint. Message is one clear line."""

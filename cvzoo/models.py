@@ -1,0 +1,48 @@
+"""Model creation: timm architectures + our cards (+ the seed article's VoVNet-v1, built from timm blocks)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import timm
+import torch
+from timm.models import register_model
+from timm.models.vovnet import VovNet
+
+from .card import ModelCard, get_card
+
+
+@register_model
+def vovnet_v1(pretrained: bool = False, cfg: Optional[dict] = None, **kwargs) -> VovNet:
+    """VoVNet-v1 of the seed article (stigma0617/VoVNet.pytorch), from timm's OSA blocks.
+
+    timm's VovNet with `residual=True` adds the identity shortcut to the 2nd+ OSA block of each stage and
+    puts MaxPool2d(3, 2, ceil_mode=True) before stages 3-5 — exactly the article's _OSA_stage. The stage
+    layout comes from the model card (`arch_kwargs.cfg`).
+    """
+    if pretrained:
+        raise ValueError("vovnet_v1 has no hub weights; pass a local checkpoint (--weights)")
+    if cfg is None:
+        raise ValueError("vovnet_v1 needs a cfg (stem/stage channels); use a cvzoo card such as vovnet39")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm factory bookkeeping
+        kwargs.pop(key, None)
+    return VovNet(cfg=dict(cfg), **kwargs)
+
+
+def build_model(card: ModelCard) -> torch.nn.Module:
+    """Random-init model for a card, in eval mode."""
+    model = timm.create_model(card.arch, pretrained=False, num_classes=card.num_classes, **card.arch_kwargs)
+    return model.eval()
+
+
+def create_model(name: Union[str, ModelCard], weights: Union[None, str, Path] = None,
+                 checkpoint_format: str = "auto") -> torch.nn.Module:
+    """Build a zoo model; `weights` is a local checkpoint path, 'default' (the card's own weights) or None."""
+    from .checkpoint import load_weights, resolve_default_weights
+
+    card = name if isinstance(name, ModelCard) else get_card(name)
+    model = build_model(card)
+    if weights is not None:
+        path = resolve_default_weights(card) if str(weights) == "default" else Path(weights)
+        load_weights(model, card, path, checkpoint_format=checkpoint_format)
+    return model

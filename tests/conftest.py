@@ -1,0 +1,62 @@
+"""Shared test helpers. Real data lives in ../shared (CI has it; a user's clone may not: skip then)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CVZOO_SHARED", ROOT.parent / "shared")).resolve()
+DATA = SHARED / "data"
+IMAGENET_SAMPLE = DATA / "imagenet-sample"
+IMAGENETTE_VAL = DATA / "imagenette-val"
+FIXTURES = DATA / "fixtures"
+FIXTURE_CARDS = ["cspresnet50-imagenette", "ese_vovnet19b_dw-imagenette", "dla34-imagenette",
+                 "efficientnetv2_rw_t-imagenette"]
+# top-1 listed in ../shared/README.md (1500-image subset at training time)
+README_TOP1 = {"cspresnet50-imagenette": 84.2, "ese_vovnet19b_dw-imagenette": 82.5,
+               "efficientnetv2_rw_t-imagenette": 73.5, "dla34-imagenette": 80.5}
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is only on developer/CI machines)")
+    return path
+
+
+def imagenet_sample_files() -> list[tuple[Path, int]]:
+    """(file, class index) for the 1000 ImageNet images; index = sorted synset position."""
+    files = sorted(need(IMAGENET_SAMPLE).glob("*.JPEG"))
+    synsets = sorted({f.name.split("_")[0] for f in files})
+    return [(f, synsets.index(f.name.split("_")[0])) for f in files]
+
+
+def imagenette_files() -> list[tuple[Path, int]]:
+    root = need(IMAGENETTE_VAL)
+    synsets = sorted(p.name for p in root.iterdir() if p.is_dir())
+    return [(f, i) for i, s in enumerate(synsets) for f in sorted((root / s).glob("*.JPEG"))]
+
+
+def top1_torch(model, batches) -> float:
+    import torch
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in batches:
+            pred = model(torch.as_tensor(np.asarray(x))).argmax(1).numpy()
+            correct += int((pred == np.asarray(y)).sum())
+            total += len(y)
+    return 100.0 * correct / total
+
+
+def batched(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@pytest.fixture(scope="session")
+def lite0_weights():
+    from cvzoo.card import get_card
+    from cvzoo.checkpoint import resolve_default_weights
+    return resolve_default_weights(get_card("tf_efficientnet_lite0"))
