@@ -85,10 +85,162 @@ def profile(name: str, size: Optional[int] = typer.Option(None, help="input size
     console.print(table)
 
 
+def _batch_arg(value: str):
+    return value if value == "dynamic" else int(value)
+
+
+@app.command("export")
+def export_cmd(name: str,
+               weights: Optional[str] = typer.Option(None, "--weights", "-w", help="checkpoint path, or 'default'"),
+               size: Optional[int] = typer.Option(None, "--size", help="input size (default: the card's)"),
+               opset: int = typer.Option(17, "--opset"),
+               batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size"),
+               out: Optional[Path] = typer.Option(None, "-o", "--out", help="artifact directory"),
+               simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="onnxslim, kept only if verified"),
+               checkpoint_format: str = typer.Option("auto", "--format", help="checkpoint layout; auto tries the card's"),
+               force: bool = typer.Option(False, "--force", help="replace an existing artifact")):
+    """Export to ONNX, verify ORT vs PyTorch (max |Δlogit| <= 1e-4), write an artifact directory."""
+    from .artifact import Artifact
+    from .export import export
+    try:
+        batch_value = _batch_arg(batch)
+    except ValueError:
+        raise CvzooError(f"--batch must be 'dynamic' or a positive integer, got '{batch}'") from None
+    path = export(name, weights=weights, out=out, size=size, opset=opset, batch=batch_value,
+                  simplify=simplify, force=force, checkpoint_format=checkpoint_format)
+    art = Artifact.load(path)
+    v = art.manifest["export"]["verification"]
+    console.print(f"exported [bold]{art.name}[/bold] -> {path}/model.onnx  opset {opset}, "
+                  f"simplified={art.manifest['export']['simplified']}")
+    console.print(f"verified: ORT vs PyTorch max |Δlogit| {v['max_abs_diff']:.2e} (random {v['max_abs_diff_random']:.2e}, "
+                  f"real {v['max_abs_diff_real']:.2e}) <= {v['tolerance']:.0e}; top-1 agreement on real photos "
+                  f"{100 * v['top1_agreement_real']:.0f}%")
+
+
+def print_predictions_table(preds, title: str) -> None:
+    table = Table(title=title)
+    for col in ("image", "rank", "class id", "prob", "class name"):
+        table.add_column(col, justify="right" if col in ("rank", "class id", "prob") else "left")
+    for pred in preds:
+        for r, (i, p, n) in enumerate(zip(pred.ids, pred.probs, pred.names)):
+            table.add_row(Path(pred.path).name if r == 0 else "", str(r + 1), str(i), f"{p:.4f}", n)
+        table.add_section()
+    console.print(table)
+
+
+def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, out: Optional[Path] = None,
+                jsonl: Optional[Path] = None, engine: str = "onnxruntime", threads: Optional[int] = None,
+                weights: Optional[str] = None, quiet: bool = False) -> int:
+    from .postprocess import result_txt_lines, write_text_atomic
+    from .predict import Predictor
+    from .preprocess import find_images
+    if topk < 1:
+        raise CvzooError(f"--topk must be >= 1, got {topk}")
+    paths, errors = find_images(images)
+    for line in errors:
+        err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+    if not paths:
+        raise CvzooError("no images to predict")
+    predictor = Predictor(model, engine=engine, threads=threads, weights=weights)
+    good, bad = [], 0
+    for pred in predictor.predict_paths(paths, topk=topk, batch=batch):
+        if pred.ok:
+            good.append(pred)
+            for note in pred.warnings:
+                err_console.print(f"[yellow]warning:[/yellow] {pred.path}: {note}", highlight=False, soft_wrap=True)
+        else:
+            bad += 1
+            err_console.print(f"[red]error:[/red] {pred.error}", highlight=False, soft_wrap=True)
+    if out:
+        write_text_atomic(out, "".join(line + "\n" for p in good for line in result_txt_lines(p)))
+    if jsonl:
+        write_text_atomic(jsonl, "".join(p.as_json() + "\n" for p in good))
+    if not quiet:
+        print_predictions_table(good, f"{predictor.artifact.name} ({predictor.artifact.precision}, {engine})")
+    console.print(f"{len(good)} images predicted, {bad + len(errors)} skipped"
+                  + (f"; wrote {out}" if out else "") + (f"; wrote {jsonl}" if jsonl else ""))
+    return 0 if not (bad or errors) else 3
+
+
+@app.command()
+def predict(model: str = typer.Argument(..., help="artifact directory or zoo model name"),
+            images: List[Path] = typer.Argument(..., help="image files and/or folders"),
+            topk: int = typer.Option(5, "--topk", "-k"),
+            batch: int = typer.Option(8, "--batch", "-b"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="result.txt (the seeds' format)"),
+            jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="JSON lines output"),
+            engine: str = typer.Option("onnxruntime", "--engine", "-e"),
+            threads: Optional[int] = typer.Option(None, "--threads"),
+            weights: Optional[str] = typer.Option(None, "--weights", "-w", help="with a model name: checkpoint or 'default'"),
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="no table")):
+    """Top-k predictions with class names. Exit code 3 when some inputs were skipped."""
+    raise typer.Exit(run_predict(model, images, topk, batch, out, jsonl, engine, threads, weights, quiet))
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o")):
+    """The main job on the embedded default: tf_efficientnet_lite0 (PyPI ImageNet weights) -> export ->
+    verify -> predict on the photos shipped in the package."""
+    from .export import demo_images
+    name = "tf_efficientnet_lite0"
+    art = out / f"{name}-224-fp32"
+    console.rule(f"1. export {name} with its PyPI ImageNet weights (verified against PyTorch)")
+    export_cmd(name, weights="default", size=None, opset=17, batch="dynamic", out=art, simplify=True,
+               checkpoint_format="auto", force=True)
+    console.rule("2. predict with ONNX Runtime (no torch on this path)")
+    code = run_predict(str(art), demo_images(), topk=5, batch=8, out=out / "result.txt")
+    console.print(f"artifact: {art}  (manifest.json + model.onnx); result.txt: {out / 'result.txt'}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name"),
+          dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | int8"),
+          weights: Optional[str] = typer.Option(None, "--weights", "-w"),
+          size: Optional[int] = typer.Option(None, "--size"),
+          engine: Optional[str] = typer.Option(None, "--engine", help="onnxruntime | openvino | torch-cuda"),
+          calib: Optional[Path] = typer.Option(None, "--calib", help="calibration image folder"),
+          count: Optional[int] = typer.Option(None, "--count", help="calibration images"),
+          seed: Optional[int] = typer.Option(None, "--seed"),
+          holdout: Optional[float] = typer.Option(None, "--holdout", help="share kept out for the guard"),
+          calibrate_mode: Optional[str] = typer.Option(None, "--calibrate-mode", help="minmax | percentile | entropy (kl_divergence) | distribution"),
+          percentile: Optional[float] = typer.Option(None, "--percentile"),
+          per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor"),
+          symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="activations"),
+          form: Optional[str] = typer.Option(None, "--format", help="auto | qdq | qoperator"),
+          reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range"),
+          guard: Optional[bool] = typer.Option(None, "--guard/--no-guard"),
+          min_agreement: Optional[float] = typer.Option(None, "--min-agreement"),
+          max_top1_drop: Optional[float] = typer.Option(None, "--max-top1-drop"),
+          workspace: Optional[Path] = typer.Option(None, "--workspace", "-o"),
+          name: Optional[str] = typer.Option(None, "--name", help="artifact folder name"),
+          force: bool = typer.Option(False, "--force")):
+    """Build an fp32 / fp16 / int8 engine artifact (the seeds' `vamc build`)."""
+    from .build import build as run_build
+    from .buildconfig import load_config, parse_config
+    is_file = target.endswith((".yaml", ".yml")) or Path(target).is_file()
+    data = load_config(Path(target)).model_dump(exclude_unset=True) if is_file else {"model": target}
+    flags = {"dtype": dtype, "weights": weights, "input_size": size, "engine": engine, "workspace": workspace,
+             "name": name}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    sections = {
+        "calibration": {"path": calib, "count": count, "seed": seed, "holdout": holdout},
+        "quantize": {"calibrate_mode": calibrate_mode, "percentile": percentile, "per_channel": per_channel,
+                     "symmetric_activations": symmetric, "format": form, "reduce_range": reduce_range},
+        "guard": {"enabled": guard, "min_agreement": min_agreement, "max_top1_drop": max_top1_drop},
+    }
+    for section, values in sections.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            data[section] = {**data.get(section, {}), **given}
+    cfg = parse_config(data, target if is_file else "command line")
+    run_build(cfg, force=force, say=lambda msg: console.print(msg, highlight=False))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2, no traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns typer.Exit codes in this mode
     except CvzooError as e:
         err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
         return 2
@@ -102,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             e.show()
             return e.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 TINY_SIDE = 8  # smaller images still run, with a warning
 
 
-class ImageWarning(UserWarning):
-    """Something odd about an image that still produced a result (e.g. a 1x1 image)."""
+# Pillow only warns between 1x and 2x its pixel limit; load_image refuses both itself (warnings
+# filters are process-wide and not thread-safe to toggle, so this one is silenced once here).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def load_image(path: Union[str, Path]) -> Image.Image:
@@ -32,15 +33,16 @@ def load_image(path: Union[str, Path]) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise CvzooError(f"{path}: empty file")
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit; treat both as the same refusal.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                img = _to_rgb(im)
+        with Image.open(path) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.size[0] * im.size[1] > limit:
+                raise CvzooError(f"{path}: image too large: {im.size[0]}x{im.size[1]} is over Pillow's "
+                                 f"decompression-bomb limit of {limit} pixels")
+            im.load()
+            img = _to_rgb(im)
     except CvzooError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise CvzooError(f"{path}: image too large: over Pillow's decompression-bomb limit of "
                          f"{Image.MAX_IMAGE_PIXELS} pixels") from None
     except UnidentifiedImageError:
@@ -51,9 +53,14 @@ def load_image(path: Union[str, Path]) -> Image.Image:
         raise CvzooError(f"{path}: is a directory, not an image") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise CvzooError(f"{path}: truncated or corrupt image ({e})") from None
-    if min(img.size) < TINY_SIDE:
-        warnings.warn(f"{path}: tiny image {img.size[0]}x{img.size[1]}, upscaled", ImageWarning, stacklevel=2)
     return img
+
+
+def image_notes(img: Image.Image) -> list[str]:
+    """Oddities worth a warning line that still give a result."""
+    if min(img.size) < TINY_SIDE:
+        return [f"tiny image {img.size[0]}x{img.size[1]}, upscaled"]
+    return []
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -60,3 +60,17 @@ def lite0_weights():
     from cvzoo.card import get_card
     from cvzoo.checkpoint import resolve_default_weights
     return resolve_default_weights(get_card("tf_efficientnet_lite0"))
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """Export on first use, once per session: name -> artifact dir (default weights where the card has them)."""
+    from cvzoo.export import export
+    root = tmp_path_factory.mktemp("artifacts")
+    made = {}
+
+    def get(name, weights="default"):
+        if name not in made:
+            made[name] = export(name, weights=weights, out=root / name)
+        return made[name]
+    return get

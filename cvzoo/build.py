@@ -1,0 +1,358 @@
+"""`cvzoo build`: fp32 / fp16 / int8 engines from a config, with calibration and an accuracy guard.
+
+int8 uses ONNX Runtime static quantization (QDQ by default, so the same artifact feeds ORT, OpenVINO
+and TensorRT). The guard measures the quantized model against fp32 on held-out calibration images and,
+when it misses the target, keeps the most sensitive nodes in float — the fewest that make it hold.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .artifact import Artifact, atomic_dir, sha256, versions, write_manifest
+from .buildconfig import BuildConfig, QuantizeConfig
+from .calibration import ArrayReader, labels_for, load_arrays, select_files, split_holdout
+from .card import get_card
+from .errors import CvzooError
+
+log = logging.getLogger("cvzoo.build")
+Say = Callable[[str], None]
+
+
+@dataclass
+class Fidelity:
+    images: int
+    agreement: float  # top-1 agreement with fp32
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_fp32: Optional[float] = None  # % where labels exist
+    top1: Optional[float] = None
+
+    @property
+    def top1_drop(self) -> Optional[float]:
+        return None if self.top1 is None else self.top1_fp32 - self.top1
+
+    def passes(self, min_agreement: float, max_top1_drop: float) -> bool:
+        drop_ok = self.top1_drop is None or self.top1_drop <= max_top1_drop + 1e-9
+        return self.agreement >= min_agreement - 1e-9 and drop_ok
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "top1_drop": self.top1_drop}
+
+
+def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarray]) -> Fidelity:
+    diff = np.abs(ref - got)
+    f = Fidelity(images=len(ref), agreement=float((ref.argmax(1) == got.argmax(1)).mean()),
+                 max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
+    if labels is not None:
+        f.top1_fp32 = 100.0 * float((ref.argmax(1) == labels).mean())
+        f.top1 = 100.0 * float((got.argmax(1) == labels).mean())
+    return f
+
+
+def ort_session(model_path: Path, threads: Optional[int] = None):
+    import onnxruntime as ort
+
+    from .engines import physical_cores
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_logits(model_path: Path, arrays: np.ndarray, batch: int = 16) -> np.ndarray:
+    sess = ort_session(model_path)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: arrays[i:i + batch]})[0] for i in range(0, len(arrays), batch)])
+
+
+def time_model(model_path: Path, shape: tuple[int, ...], iterations: int = 10) -> float:
+    """Median seconds per run on seeded input: enough to rank int8 forms on this CPU."""
+    sess = ort_session(model_path)
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    sess.run(None, {name: x})
+    times = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------- int8
+@dataclass(frozen=True)
+class Int8Form:
+    """One way to write an int8 graph; which is fastest depends on the CPU (VNNI or not)."""
+    format: str  # qdq | qoperator
+    reduce_range: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.format}{'-reduce_range' if self.reduce_range else ''}"
+
+
+def _quantize(src: Path, dst: Path, reader: ArrayReader, q: QuantizeConfig, form: Int8Form,
+              exclude: list[str], cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy, "distribution": CalibrationMethod.Distribution}[q.calibrate_mode]
+    reader.rewind()
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs every node at INFO
+    quantize_static(
+        str(src), str(dst), reader,
+        quant_format=QuantFormat.QDQ if form.format == "qdq" else QuantFormat.QOperator,
+        per_channel=q.per_channel, reduce_range=form.reduce_range,
+        activation_type=QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8,
+        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+        extra_options={"CalibPercentile": q.percentile, "ActivationSymmetric": q.symmetric_activations,
+                       "WeightSymmetric": True},
+        calibration_cache_path=str(cache),  # calibrate once, requantize with exclusions cheaply
+    )
+
+
+def rank_sensitivity(fp32_path: Path, qdq_path: Path, arrays: np.ndarray) -> list[tuple[str, float]]:
+    """Quantized nodes, most sensitive first: the SQNR (dB) of the int8 version of each node's inputs
+    (activations and weights) — low SQNR means the 8-bit grid loses the most of that node's signal."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         compute_weight_error, create_activation_matching,
+                                                         create_weight_matching,
+                                                         modify_model_output_intermediate_tensors)
+    with tempfile.TemporaryDirectory(prefix="cvzoo-sens.") as tmp:
+        tmp = Path(tmp)
+        aug_f, aug_q = tmp / "f.onnx", tmp / "q.onnx"
+        modify_model_output_intermediate_tensors(str(fp32_path), str(aug_f))
+        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
+        name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+        act_f = collect_activations(str(aug_f), ArrayReader(arrays, name, batch=4))
+        act_q = collect_activations(str(aug_q), ArrayReader(arrays, name, batch=4))
+        act_err = compute_activation_error(create_activation_matching(act_q, act_f))
+        w_err = compute_weight_error(create_weight_matching(str(fp32_path), str(qdq_path)))
+    scores: dict[str, float] = {}
+    for node in onnx.load(str(qdq_path), load_external_data=False).graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        sqnr = []
+        for inp in node.input:
+            base = inp.removesuffix("_DequantizeLinear_Output")
+            if base in act_err and "qdq_err" in act_err[base] and inp != base:
+                sqnr.append(float(act_err[base]["qdq_err"]))
+            if base in w_err:
+                sqnr.append(float(w_err[base]))
+        if sqnr and node.name:
+            scores[node.name] = min(sqnr)
+    return sorted(scores.items(), key=lambda kv: kv[1])
+
+
+@dataclass
+class Trial:
+    excluded: int
+    fidelity: dict
+    passed: bool
+
+
+def guarded_int8(fp32: Path, work: Path, reader: ArrayReader, held: np.ndarray, held_labels, ref_logits,
+                 cfg: BuildConfig, form: Int8Form, say: Say) -> tuple[Path, list[str], list[Trial], Fidelity]:
+    """Quantize; if the guard's target is missed, exclude the fewest most-sensitive nodes that meet it."""
+    q, g = cfg.quantize, cfg.guard
+    cache = work / "calibration.cache.json"
+
+    def attempt(excluded: list[str], tag: str) -> tuple[Path, Fidelity]:
+        out = work / f"int8-{form.label}-{tag}.onnx"
+        _quantize(fp32, out, reader, q, form, q.exclude + excluded, cache)
+        return out, measure_fidelity(ref_logits, run_logits(out, held), held_labels)
+
+    path, fid = attempt([], "x0")
+    trials = [Trial(0, fid.as_dict(), fid.passes(g.min_agreement, g.max_top1_drop))]
+    say(f"int8 {form.label}: agreement {100 * fid.agreement:.2f}%"
+        + (f", top-1 {fid.top1:.2f} vs fp32 {fid.top1_fp32:.2f}" if fid.top1 is not None else "")
+        + f", max|Δ| {fid.max_abs_diff:.3f}")
+    if trials[0].passed or not g.enabled or g.max_excluded == 0:
+        return path, [], trials, fid
+    ranked = [n for n, _ in rank_sensitivity(fp32, path, held[:16])][: g.max_excluded]
+    say(f"guard: below target (agreement >= {100 * g.min_agreement:.1f}%, top-1 drop <= {g.max_top1_drop}); "
+        f"searching the fewest of {len(ranked)} most sensitive nodes to keep in float")
+    results: dict[int, tuple[Path, Fidelity]] = {0: (path, fid)}
+
+    def try_k(k: int) -> bool:
+        if k not in results:
+            results[k] = attempt(ranked[:k], f"x{k}")
+            f = results[k][1]
+            ok = f.passes(g.min_agreement, g.max_top1_drop)
+            trials.append(Trial(k, f.as_dict(), ok))
+            say(f"guard: {k:3d} nodes in float -> agreement {100 * f.agreement:.2f}%"
+                + (f", top-1 drop {f.top1_drop:+.2f}" if f.top1_drop is not None else "") + (" ok" if ok else ""))
+        return results[k][1].passes(g.min_agreement, g.max_top1_drop)
+
+    lo, hi, k = 0, None, 1
+    while k <= len(ranked):  # doubling, then bisection: the fewest exclusions that pass
+        if try_k(k):
+            hi = k
+            break
+        lo, k = k, k * 2
+    if hi is None and len(ranked) and try_k(len(ranked)):
+        hi = len(ranked)
+    if hi is None:
+        best = max(results, key=lambda n: (results[n][1].agreement, -(results[n][1].top1_drop or 0)))
+        say(f"guard: target not reachable with up to {len(ranked)} nodes in float; keeping the best "
+            f"({best} excluded)")
+        p, f = results[best]
+        return p, ranked[:best], trials, f
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if try_k(mid):
+            hi = mid
+        else:
+            lo = mid
+    p, f = results[hi]
+    return p, ranked[:hi], trials, f
+
+
+# ---------------------------------------------------------------- fp16
+def to_fp16(src: Path, dst: Path, keep_io_types: bool) -> None:
+    import onnx
+    from onnxconverter_common import float16
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=keep_io_types)
+    onnx.save(model, str(dst))
+
+
+# ---------------------------------------------------------------- build
+def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
+    """Validate everything first, then export fp32, convert/quantize, check fidelity, write the artifact."""
+    from .checkpoint import resolve_default_weights
+    from .engines import ENGINES
+    from .export import base_manifest, demo_images, export
+
+    card = get_card(cfg.model)
+    size = cfg.input_size or card.input_size
+    weights = None
+    if cfg.weights == "default":
+        weights = resolve_default_weights(card)
+    elif cfg.weights:
+        weights = Path(cfg.weights)
+        if not weights.is_file():
+            raise CvzooError(f"{weights}: weights file not found")
+    if cfg.engine not in ENGINES:
+        raise CvzooError(f"unknown engine '{cfg.engine}'")
+    pre = card.preprocessing.model_copy(update={"input_size": size})
+    calib_files: list[Path] = []
+    if cfg.dtype == "int8" or (cfg.calibration and cfg.dtype == "fp16"):
+        calib_files = select_files(cfg.calibration)
+    out = Path(cfg.workspace) / cfg.artifact_name(size)
+    if out.exists() and not force:
+        raise CvzooError(f"{out}: already exists (use --force to replace it)")
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cvzoo-build.") as tmp:
+        work = Path(tmp)
+        say(f"export {card.name} @ {size} fp32 (verified against PyTorch)")
+        fp32_dir = export(card, weights=weights, out=work / "fp32", size=size, opset=cfg.opset)
+        fp32 = fp32_dir / "model.onnx"
+        base = Artifact.load(fp32_dir).manifest
+        input_name = base["inputs"][0]["name"]
+        extra: dict = {}
+        if cfg.dtype == "fp32":
+            final = fp32
+        elif cfg.dtype == "fp16":
+            final = work / "model-fp16.onnx"
+            to_fp16(fp32, final, cfg.keep_io_types)
+            arrays = (load_arrays(calib_files, pre)[0] if calib_files else
+                      np.stack([load_arrays([p], pre)[0][0] for p in demo_images()]))
+            fid = measure_fidelity(run_logits(fp32, arrays), run_logits(final, arrays), None)
+            extra["fidelity"] = {"vs_fp32": fid.as_dict()}
+            extra["note"] = ("fp16 is for GPU engines; on CPU, ONNX Runtime computes most fp16 ops through "
+                             "casts and it is not faster than fp32")
+            say(f"fp16: agreement with fp32 {100 * fid.agreement:.1f}%, max|Δlogit| {fid.max_abs_diff:.4f}")
+        else:
+            final, extra = _build_int8(cfg, card, pre, fp32, work, input_name, calib_files, say)
+        with atomic_dir(out, force=force) as dst:
+            shutil.copyfile(final, dst / "model.onnx")
+            shutil.copyfile(fp32_dir / "vdsp_params.json", dst / "vdsp_params.json")
+            manifest = base_manifest(card, size, weights, "dynamic")
+            manifest.update({
+                "model_file": "model.onnx", "engine_format": "onnx", "opset": cfg.opset, "precision": cfg.dtype,
+                "engine": cfg.engine, "export": base["export"],
+                "build": {"config": json.loads(cfg.model_dump_json()), "seconds": round(time.perf_counter() - t0, 1),
+                          **extra},
+                "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxconverter-common",
+                                     "openvino"),
+            })
+            if extra.get("runtime"):
+                manifest["runtime"] = extra.pop("runtime")
+            write_manifest(dst, manifest)
+    say(f"wrote {out}")
+    return out
+
+
+def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name: str, files: list[Path],
+                say: Say) -> tuple[Path, dict]:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    calib_files, held_files = split_holdout(files, cfg.calibration.holdout)
+    calib, calib_used, errs = load_arrays(calib_files, pre)
+    held, held_used, errs2 = load_arrays(held_files, pre)
+    for e in errs + errs2:
+        say(f"warning: calibration image skipped: {e}")
+    held_labels = labels_for(held_used, card.synsets)
+    say(f"calibration: {len(calib)} images ({cfg.quantize.calibrate_mode}), guard on {len(held)} held-out"
+        + (" (labelled)" if held_labels is not None else ""))
+    prepped = work / "fp32-prepped.onnx"
+    quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)  # BN folding, shape inference
+    reader = ArrayReader(calib, input_name)
+    ref = run_logits(fp32, held)
+
+    q = cfg.quantize
+    forms = [Int8Form(q.format if q.format != "auto" else "qdq", bool(q.reduce_range))]
+    path, excluded, trials, fid = guarded_int8(prepped, work, reader, held, held_labels, ref, cfg, forms[0], say)
+    chosen, timings = forms[0], {}
+    if q.format == "auto":
+        # the fastest correct form on this CPU: candidates share the guard's exclusions, must pass too
+        shape = (1, 3, pre.input_size, pre.input_size)
+        timings["fp32"] = time_model(fp32, shape)
+        timings[chosen.label] = time_model(path, shape)
+        candidates = [Int8Form(f, r) for f in ("qdq", "qoperator") for r in (False, True)]
+        cache = work / "calibration.cache.json"
+        best = (timings[chosen.label], chosen, path, fid)
+        for form in candidates:
+            if form == chosen:
+                continue
+            p = work / f"int8-{form.label}.onnx"
+            _quantize(prepped, p, reader, q, form, q.exclude + excluded, cache)
+            f = measure_fidelity(ref, run_logits(p, held), held_labels)
+            timings[form.label] = time_model(p, shape)
+            passed = f.passes(cfg.guard.min_agreement, cfg.guard.max_top1_drop) or not cfg.guard.enabled
+            say(f"int8 form {form.label}: {1000 * timings[form.label]:.1f} ms/img (b1), agreement "
+                f"{100 * f.agreement:.2f}%" + ("" if passed else " (fails guard)"))
+            if passed and timings[form.label] < best[0]:
+                best = (timings[form.label], form, p, f)
+        _, chosen, path, fid = best
+        say(f"int8 form chosen: {chosen.label} ({1000 * timings[chosen.label]:.1f} ms vs fp32 "
+            f"{1000 * timings['fp32']:.1f} ms at b1)")
+        if timings[chosen.label] > timings["fp32"]:
+            say("note: on this CPU int8 is slower than fp32 (no VNNI int8 dot product); int8 still saves "
+                "memory and feeds OpenVINO/TensorRT")
+    say(f"int8 final: agreement {100 * fid.agreement:.2f}%"
+        + (f", top-1 {fid.top1:.2f} (fp32 {fid.top1_fp32:.2f})" if fid.top1 is not None else "")
+        + (f"; {len(excluded)} nodes kept in float: {', '.join(excluded[:8])}{' ...' if len(excluded) > 8 else ''}"
+           if excluded else ""))
+    extra = {
+        "quantization": {**cfg.quantize.model_dump(), "form": chosen.label, "format_chosen": chosen.format,
+                         "reduce_range_chosen": chosen.reduce_range, "excluded_nodes": excluded,
+                         "form_timings_b1_s": timings},
+        "calibration": {"path": str(cfg.calibration.path), "count": len(calib_used), "seed": cfg.calibration.seed,
+                        "files": [{"path": str(p), "sha256": sha256(p)} for p in calib_used]},
+        "guard": {**cfg.guard.model_dump(), "held_out": [str(p) for p in held_used], "labelled": held_labels is not None,
+                  "before": trials[0].fidelity, "after": fid.as_dict(),
+                  "trials": [asdict(t) for t in trials], "passed": fid.passes(cfg.guard.min_agreement,
+                                                                             cfg.guard.max_top1_drop)},
+        "fidelity": {"vs_fp32": fid.as_dict()},
+    }
+    return path, extra

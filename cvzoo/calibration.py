@@ -1,0 +1,100 @@
+"""Calibration sets: seeded, class-balanced file selection and a streaming ORT CalibrationDataReader."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from .buildconfig import CalibrationConfig
+from .card import Preprocessing
+from .errors import CvzooError
+
+
+def select_files(cfg: CalibrationConfig) -> list[Path]:
+    """`count` files, seeded; round-robin over class sub-folders when the folder has them, so every
+    class is represented (what the seeds ask of a calibration set)."""
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise CvzooError(f"{root}: calibration folder not found")
+    suffixes = {s.lower() if s.startswith(".") else "." + s.lower() for s in cfg.suffix}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise CvzooError(f"{root}: calibration folder has no images with suffix {' '.join(sorted(suffixes))}")
+    if cfg.count > len(files):
+        raise CvzooError(f"{root}: calibration count {cfg.count} is larger than the {len(files)} images there")
+    rng = random.Random(cfg.seed)
+    groups: dict[Path, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.parent, []).append(f)
+    for g in groups.values():
+        rng.shuffle(g)
+    order = sorted(groups)
+    rng.shuffle(order)
+    picked: list[Path] = []
+    while len(picked) < cfg.count:  # one per class per round
+        for key in order:
+            if groups[key] and len(picked) < cfg.count:
+                picked.append(groups[key].pop())
+    return picked
+
+
+def split_holdout(files: Sequence[Path], holdout: float) -> tuple[list[Path], list[Path]]:
+    """Every k-th file goes to the held-out part, so both parts keep the class balance."""
+    k = max(2, round(1 / holdout))
+    held = [f for i, f in enumerate(files) if i % k == k - 1]
+    calib = [f for i, f in enumerate(files) if i % k != k - 1]
+    return calib, held
+
+
+def load_arrays(files: Sequence[Path], pre: Preprocessing) -> tuple[np.ndarray, list[Path], list[str]]:
+    """Decode + preprocess (in parallel); returns (N,3,H,W) array, the files used, and error lines."""
+    from .predict import decode_stream
+    arrays, used, errors = [], [], []
+    for d in decode_stream(list(files), pre):
+        if d.error:
+            errors.append(d.error)
+        else:
+            arrays.append(d.array)
+            used.append(d.path)
+    if not arrays:
+        raise CvzooError("no usable calibration images: " + "; ".join(errors[:3]))
+    return np.stack(arrays), used, errors
+
+
+def labels_for(files: Sequence[Path], synsets: Sequence[str]) -> Optional[np.ndarray]:
+    """Class indices when every file's folder (or file-name prefix) is a synset of the model; else None."""
+    index = {s: i for i, s in enumerate(synsets)}
+    out = []
+    for f in files:
+        key = f.parent.name if f.parent.name in index else f.name.split("_")[0]
+        if key not in index:
+            return None
+        out.append(index[key])
+    return np.asarray(out)
+
+
+class ArrayReader(CalibrationDataReader):
+    """onnxruntime.quantization CalibrationDataReader over preprocessed arrays, in batches."""
+
+    def __init__(self, arrays: np.ndarray, input_name: str, batch: int = 8):
+        self.arrays, self.input_name, self.batch = arrays, input_name, batch
+        self.rewind()
+
+    def get_next(self):
+        if self._i >= len(self.arrays):
+            return None
+        x = self.arrays[self._i:self._i + self.batch]
+        self._i += self.batch
+        return {self.input_name: x}
+
+    def rewind(self):
+        self._i = 0
+
+    def __len__(self):
+        return (len(self.arrays) + self.batch - 1) // self.batch
+
+    def set_range(self, start_index: int, end_index: int):  # used by ORT's strided calibration
+        self._i = start_index

@@ -1,0 +1,53 @@
+"""Engines: load an artifact, run a batch of preprocessed float32 NCHW arrays, return logits.
+
+Each engine is a module with `load(artifact, threads=None, **options) -> Engine`; imported on demand so
+that a deployed machine only needs the engine it uses.
+"""
+from __future__ import annotations
+
+import os
+from importlib import import_module
+from pathlib import Path
+from typing import Optional, Protocol, Union
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..errors import CvzooError
+
+ENGINES = {
+    "onnxruntime": "cvzoo.engines.ort",
+    "openvino": "cvzoo.engines.openvino",
+    "torch-cuda": "cvzoo.engines.torch_cuda",
+}
+
+
+class Engine(Protocol):
+    name: str
+    artifact: Artifact
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) -> float32 logits (N, classes)."""
+
+    def close(self) -> None: ...
+
+
+def physical_cores() -> int:
+    """CPU cores this process may use (affinity-aware); the default thread count of CPU engines."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def load_engine(artifact: Union[str, Path, Artifact], engine: str = "onnxruntime", threads: Optional[int] = None,
+                **options) -> Engine:
+    if engine not in ENGINES:
+        raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
+    art = artifact if isinstance(artifact, Artifact) else Artifact.load(Path(artifact))
+    try:
+        module = import_module(ENGINES[engine])
+    except ImportError as e:
+        raise CvzooError(f"engine '{engine}' is not installed ({e.name or e}); "
+                         f"pip install 'cvzoo[{engine.split('-')[0]}]'") from None
+    return module.load(art, threads=threads, **options)

@@ -1,0 +1,54 @@
+"""ONNX Runtime engine (CPU by default): the deploy-side default, needs only numpy + onnxruntime."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ..artifact import Artifact
+from ..errors import CvzooError
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class OrtEngine:
+    name = "onnxruntime"
+
+    def __init__(self, artifact: Artifact, threads: Optional[int] = None, providers: Sequence[str] = (),
+                 graph_optimization: Optional[str] = None):
+        from . import physical_cores
+        self.artifact = artifact
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or physical_cores()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = graph_optimization or artifact.get("runtime", {}).get("graph_optimization", "all")
+        opts.graph_optimization_level = _OPT_LEVELS[level]
+        opts.log_severity_level = 3
+        self.threads = opts.intra_op_num_threads
+        try:
+            self.session = ort.InferenceSession(str(artifact.model_path), sess_options=opts,
+                                                providers=list(providers) or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise CvzooError(f"{artifact.model_path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self._input_type = self.session.get_inputs()[0].type
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float16 if "float16" in self._input_type else np.float32)
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return out.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.session = None
+
+
+def load(artifact: Artifact, threads: Optional[int] = None, **options) -> OrtEngine:
+    return OrtEngine(artifact, threads=threads, **options)

@@ -1,0 +1,182 @@
+"""`cvzoo export`: model card + checkpoint -> verified ONNX artifact directory."""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from .artifact import atomic_dir, sha256, versions, write_manifest
+from .card import ModelCard, get_card
+from .errors import CvzooError
+from .models import RANDOM_INIT_NOTE, create_model, set_bn_statistics
+from .preprocess import preprocess_image
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+FP32_TOLERANCE = 1e-4  # max |logit difference| ORT vs torch, fp32
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class Verification:
+    max_abs_diff_random: float
+    max_abs_diff_real: float
+    top1_agreement_real: float
+    tolerance: float
+    # Deep nets in fp32 carry rounding noise above 1e-4 in PyTorch itself (e.g. dla169: 6e-4 vs float64).
+    # Then the export passes only if ORT is as close to a float64 PyTorch run as PyTorch fp32 is (+tolerance).
+    torch_fp32_vs_fp64: Optional[float] = None
+    ort_vs_fp64: Optional[float] = None
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(self.max_abs_diff_random, self.max_abs_diff_real)
+
+    @property
+    def criterion(self) -> str:
+        return "direct" if self.ort_vs_fp64 is None else "float64-reference"
+
+    @property
+    def passed(self) -> bool:
+        if self.max_abs_diff <= self.tolerance:
+            return True
+        return self.ort_vs_fp64 is not None and self.ort_vs_fp64 <= self.torch_fp32_vs_fp64 + self.tolerance
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "max_abs_diff": self.max_abs_diff, "criterion": self.criterion,
+                "passed": self.passed}
+
+
+def demo_images() -> list[Path]:
+    """Real photos shipped in the package (used for the demo and to verify exports on real inputs)."""
+    folder = resources.files("cvzoo") / "demo"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
+
+
+def demo_batch(card: ModelCard, size: int) -> np.ndarray:
+    pre = card.preprocessing.model_copy(update={"input_size": size})
+    return np.stack([preprocess_image(p, pre) for p in demo_images()])
+
+
+def _onnx_export(model: torch.nn.Module, size: int, path: Path, opset: int, batch: Union[str, int]) -> None:
+    dummy = torch.zeros(1 if batch == "dynamic" else int(batch), 3, size, size)
+    dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch == "dynamic" else None
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter: mature, fast, and its graphs quantize cleanly with ORT's tools.
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+                          do_constant_folding=True)
+
+
+def _simplify(path: Path) -> bool:
+    try:
+        import onnxslim
+    except ImportError:
+        return False
+    logging.getLogger("onnxslim").setLevel(logging.ERROR)
+    import onnx
+    slim = onnxslim.slim(onnx.load(str(path)))
+    onnx.save(slim, str(path))
+    return True
+
+
+def verify_onnx(model: torch.nn.Module, onnx_path: Path, card: ModelCard, size: int, batch: Union[str, int],
+                tolerance: float = FP32_TOLERANCE) -> Verification:
+    """ONNX checker, then ONNX Runtime vs PyTorch on seeded random inputs and on real photos."""
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    n = 2 if batch == "dynamic" else int(batch)
+    rand = np.random.default_rng(0).standard_normal((n, 3, size, size), dtype=np.float32)
+    real = demo_batch(card, size)
+    inputs = [rand] + [real[i:i + n] for i in range(0, len(real) - n + 1, n)]
+    refs, outs = [], []
+    for x in inputs:
+        with torch.inference_mode():
+            refs.append(model(torch.from_numpy(x)).numpy())
+        outs.append(sess.run(None, {INPUT_NAME: x})[0])
+    diffs = [float(np.abs(r - o).max()) for r, o in zip(refs, outs)]
+    agree = [float((r.argmax(1) == o.argmax(1)).mean()) for r, o in zip(refs, outs)]
+    v = Verification(max_abs_diff_random=diffs[0], max_abs_diff_real=max(diffs[1:], default=0.0),
+                     top1_agreement_real=float(np.mean(agree[1:])) if len(agree) > 1 else 1.0, tolerance=tolerance)
+    if v.max_abs_diff > tolerance:
+        exact = copy.deepcopy(model).double()
+        with torch.inference_mode():
+            truth = [exact(torch.from_numpy(x).double()).numpy() for x in inputs]
+        v.torch_fp32_vs_fp64 = max(float(np.abs(r - t).max()) for r, t in zip(refs, truth))
+        v.ort_vs_fp64 = max(float(np.abs(o - t).max()) for o, t in zip(outs, truth))
+    return v
+
+
+def base_manifest(card: ModelCard, size: int, weights: Optional[Path], batch: Union[str, int]) -> dict:
+    """Everything a runtime needs, copied out of the card, so the artifact runs without the zoo."""
+    from .preprocess import vdsp_params
+    pre = card.preprocessing.model_copy(update={"input_size": size})
+    return {
+        "name": card.name,
+        "card": card.model_dump(mode="json"),
+        "preprocessing": pre.model_dump(mode="json"),
+        "vdsp_params": vdsp_params(pre),
+        "classes": [[s, n] for s, n in zip(card.synsets, card.class_names)],
+        "inputs": [{"name": INPUT_NAME, "shape": ["batch" if batch == "dynamic" else int(batch), 3, size, size],
+                    "dtype": "float32", "layout": "NCHW"}],
+        "outputs": [{"name": OUTPUT_NAME, "shape": ["batch" if batch == "dynamic" else int(batch),
+                                                    card.num_classes], "dtype": "float32"}],
+        "weights": {"path": str(weights), "sha256": sha256(weights)} if weights else {"random_init": RANDOM_INIT_NOTE},
+    }
+
+
+def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, out: Union[None, str, Path] = None,
+           size: Optional[int] = None, opset: int = DEFAULT_OPSET, batch: Union[str, int] = "dynamic",
+           simplify: bool = True, force: bool = False, checkpoint_format: str = "auto") -> Path:
+    """Export a zoo model to `out/` (model.onnx + manifest.json), verified against PyTorch."""
+    from .checkpoint import resolve_default_weights
+    card = name if isinstance(name, ModelCard) else get_card(name)
+    size = size or card.input_size
+    if batch != "dynamic" and int(batch) < 1:
+        raise CvzooError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    wpath = resolve_default_weights(card) if str(weights) == "default" else (Path(weights) if weights else None)
+    model = create_model(card, weights=wpath, checkpoint_format=checkpoint_format)
+    if wpath is None:
+        photos = torch.from_numpy(demo_batch(card, size))
+        noise = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+        set_bn_statistics(model, torch.cat([photos, noise]))
+    out = Path(out or f"artifacts/{card.name}-{size}-fp32")
+    with atomic_dir(out, force=force) as tmp:
+        onnx_path = tmp / "model.onnx"
+        _onnx_export(model, size, onnx_path, opset, batch)
+        check = verify_onnx(model, onnx_path, card, size, batch)
+        simplified = False
+        if simplify:
+            raw = onnx_path.read_bytes()
+            if _simplify(onnx_path):
+                slim_check = verify_onnx(model, onnx_path, card, size, batch)
+                if slim_check.passed:
+                    check, simplified = slim_check, True
+                else:  # keep the unsimplified graph: verification must stay green
+                    onnx_path.write_bytes(raw)
+        if not check.passed:
+            extra = (f"; vs a float64 run: ORT {check.ort_vs_fp64:.3g}, PyTorch fp32 {check.torch_fp32_vs_fp64:.3g}"
+                     if check.ort_vs_fp64 is not None else "")
+            raise CvzooError(f"{card.name}: export verification failed: max |Δlogit| ORT vs torch "
+                             f"{check.max_abs_diff:.3g} > {FP32_TOLERANCE}{extra}")
+        manifest = base_manifest(card, size, wpath, batch)
+        manifest.update({
+            "model_file": "model.onnx", "engine_format": "onnx", "opset": opset, "precision": "fp32",
+            "export": {"exporter": "torch.onnx (TorchScript)", "simplified": simplified,
+                       "verification": check.as_dict()},
+            "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxslim"),
+        })
+        (tmp / "vdsp_params.json").write_text(json.dumps(manifest["vdsp_params"], indent=2), encoding="utf-8")
+        write_manifest(tmp, manifest)
+    return out

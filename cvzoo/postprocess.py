@@ -1,0 +1,93 @@
+"""Softmax, top-k and the output formats (rich table, JSON lines, the seeds' result.txt). Torch-free."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest per row, largest first (stable for ties: lower index first)."""
+    k = min(k, probs.shape[-1])
+    idx = np.argsort(-probs, axis=-1, kind="stable")[..., :k]
+    return idx, np.take_along_axis(probs, idx, axis=-1)
+
+
+@dataclass
+class Prediction:
+    path: str
+    ids: list[int]
+    probs: list[float]
+    names: list[str]
+    error: Optional[str] = None  # set instead of ids when the image could not be used
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_json(self) -> str:
+        if not self.ok:
+            return json.dumps({"path": self.path, "error": self.error})
+        return json.dumps({"path": self.path, "topk": [
+            {"id": i, "prob": round(p, 8), "name": n} for i, p, n in zip(self.ids, self.probs, self.names)]},
+            ensure_ascii=False)
+
+
+def predictions_from_logits(paths: Sequence[str], logits: np.ndarray, class_names: Sequence[str],
+                            k: int = 5) -> list[Prediction]:
+    idx, val = topk(softmax(logits), k)
+    return [Prediction(path=str(p), ids=[int(i) for i in ii], probs=[float(v) for v in vv],
+                       names=[class_names[int(i)] for i in ii]) for p, ii, vv in zip(paths, idx, val)]
+
+
+def result_txt_lines(pred: Prediction) -> list[str]:
+    """The seeds' result.txt: one line per top-k entry, `top-0` first (vaststreamx sample_cls format)."""
+    return [f"{pred.path}: Relay top-{r} id: {i}, prob: {p:.8f}, class name: {n}"
+            for r, (i, p, n) in enumerate(zip(pred.ids, pred.probs, pred.names))]
+
+
+_RESULT_LINE = re.compile(r"^(?P<path>.+): Relay top-(?P<rank>\d+) id: (?P<id>-?\d+), prob: (?P<prob>[-+0-9.eE]+|nan), "
+                          r"class name: (?P<name>.*)$")
+
+
+def parse_result_txt(lines: Iterable[str]) -> dict[str, list[tuple[int, int, float, str]]]:
+    """result.txt -> {path: [(rank, id, prob, name), ...]} in file order; raises ValueError on a bad line."""
+    out: dict[str, list[tuple[int, int, float, str]]] = {}
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        m = _RESULT_LINE.match(line)
+        if not m:
+            raise ValueError(f"line {n} is not in result.txt format: {line[:120]!r}")
+        out.setdefault(m["path"], []).append((int(m["rank"]), int(m["id"]), float(m["prob"]), m["name"]))
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a whole file so that readers see the old or the new content, never half of it."""
+    import os
+    import tempfile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,80 @@
+"""Issue 3: ONNX export parity for every zoo model, artifact contents, atomic writes."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from cvzoo import export as export_mod
+from cvzoo.artifact import Artifact
+from cvzoo.card import list_models
+from cvzoo.errors import CvzooError
+from cvzoo.export import FP32_TOLERANCE, export
+
+BIG = {"efficientnetv2_rw_m", "efficientnetv2_rw_s", "dla169", "dla102x2", "dla102x", "dla102", "vovnet57",
+       "cspdarknet53", "ese_vovnet39b"}
+ZOO = [c.name for c in list_models() if c.weights is None or c.weights.file is None]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in ZOO])
+def test_export_parity_every_zoo_model(name, tmp_path):
+    out = export(name, out=tmp_path / name)  # random weights: parity is about the graph
+    art = Artifact.load(out, verify_hashes=True)
+    v = art.manifest["export"]["verification"]
+    assert v["passed"]
+    if v["criterion"] == "direct":
+        assert v["max_abs_diff"] <= FP32_TOLERANCE
+    else:  # deep DLAs: PyTorch fp32 itself is further than 1e-4 from float64; ORT must be as close as it
+        assert v["ort_vs_fp64"] <= v["torch_fp32_vs_fp64"] + FP32_TOLERANCE
+        assert name.startswith("dla")
+    assert art.manifest["inputs"][0]["shape"][0] == "batch"
+
+
+def test_artifact_is_self_describing(tmp_path):
+    out = export("dla46_c", out=tmp_path / "a", batch=4, opset=13)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["opset"] == 13 and m["precision"] == "fp32" and m["inputs"][0]["shape"] == [4, 3, 224, 224]
+    assert m["preprocessing"]["crop_pct"] == 0.875 and len(m["classes"]) == 1000
+    assert m["classes"][0] == ["n01440764", "tench, Tinca tinca"]
+    assert {"torch", "timm", "onnx", "onnxruntime"} <= set(m["versions"])
+    assert set(m["files"]) == {"model.onnx", "vdsp_params.json"}
+    model = onnx.load(str(out / "model.onnx"))
+    assert model.opset_import[0].version == 13
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+
+
+def test_existing_output_is_not_overwritten_without_force(tmp_path):
+    out = export("dla46_c", out=tmp_path / "a")
+    with pytest.raises(CvzooError, match="already exists"):
+        export("dla46_c", out=out)
+    export("dla46_c", out=out, force=True, size=192)
+    assert Artifact.load(out).preprocessing.input_size == 192
+
+
+def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("simulated crash during verification")
+    monkeypatch.setattr(export_mod, "verify_onnx", broken)
+    with pytest.raises(RuntimeError):
+        export("dla46_c", out=tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verification_failure_is_loud(tmp_path, monkeypatch):
+    real = export_mod.verify_onnx
+
+    def off(*a, **k):
+        v = real(*a, **k)
+        v.max_abs_diff_random, v.ort_vs_fp64, v.torch_fp32_vs_fp64 = 1.0, 1.0, 1e-5  # a broken graph
+        return v
+    monkeypatch.setattr(export_mod, "verify_onnx", off)
+    with pytest.raises(CvzooError, match="export verification failed"):
+        export("dla46_c", out=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_simplified_graph_kept_only_when_verified(tmp_path):
+    out = export("ese_vovnet19b_dw", out=tmp_path / "s")
+    assert Artifact.load(out).manifest["export"]["simplified"] is True
+    plain = export("ese_vovnet19b_dw", out=tmp_path / "p", simplify=False)
+    assert Artifact.load(plain).manifest["export"]["simplified"] is False

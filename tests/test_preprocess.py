@@ -1,0 +1,55 @@
+"""Issue 3: torch-free preprocessing equals timm's eval transform on real JPEGs, for every zoo setting."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from cvzoo.card import list_models
+from cvzoo.preprocess import preprocess_image, vdsp_params
+from tests.conftest import imagenet_sample_files
+
+# every (interpolation, crop_pct, size) the cards use
+SETTINGS = sorted({(c.preprocessing.interpolation, c.preprocessing.crop_pct, c.preprocessing.input_size)
+                   for c in list_models()})
+
+
+def _card_for(setting):
+    return next(c for c in list_models() if (c.preprocessing.interpolation, c.preprocessing.crop_pct,
+                                             c.preprocessing.input_size) == setting)
+
+
+@pytest.mark.shared
+def test_parity_with_timm_on_all_imagenet_sample_images():
+    files = imagenet_sample_files()
+    assert len(files) == 1000
+    transforms = []
+    for setting in SETTINGS:
+        pre = _card_for(setting).preprocessing
+        cfg = resolve_data_config({"input_size": (3, pre.input_size, pre.input_size), "interpolation": pre.interpolation,
+                                   "crop_pct": pre.crop_pct, "mean": pre.mean, "std": pre.std, "crop_mode": "center"})
+        transforms.append((setting, pre, create_transform(**cfg)))
+    worst = {s: 0.0 for s in SETTINGS}
+    gray = 0
+    for path, _ in files:
+        with Image.open(path) as im:
+            gray += im.mode == "L"
+            img = im.convert("RGB")  # timm's dataset decode
+        for setting, pre, tf in transforms:
+            ref = tf(img).numpy()
+            ours = preprocess_image(path, pre)  # our own decode from the file
+            assert ours.shape == ref.shape and ours.dtype == np.float32
+            worst[setting] = max(worst[setting], float(np.abs(ours - ref).max()))
+    print({f"{i}/{c}/{s}": w for (i, c, s), w in worst.items()})
+    assert gray == 23
+    assert {i for i, _, _ in SETTINGS} >= {"bilinear", "bicubic"}
+    assert max(worst.values()) <= 1e-6
+
+
+def test_vdsp_params_describe_the_pipeline():
+    pre = next(c for c in list_models() if c.name == "cspresnet50").preprocessing
+    params = vdsp_params(pre)
+    json.dumps(params)
+    assert params["resize"]["short_side"] == 288 and params["center_crop"]["width"] == 256
+    assert params["mean"] == [0.485, 0.456, 0.406] and params["color_order"] == "RGB"
