@@ -27,6 +27,9 @@ class QuantizeConfig(_Cfg):
     format: Literal["auto", "qdq", "qoperator"] = "auto"
     reduce_range: Optional[bool] = None  # None: decided by format search (7-bit weights help CPUs without VNNI)
     exclude: list[str] = Field(default_factory=list)  # node names kept in float, besides the guard's
+    # Which ops get int8. Conv/Gemm/MatMul carry the compute; quantizing SiLU's Sigmoid/Mul, SE gates or
+    # pools adds error and buys little on CPU. [] = ONNX Runtime's full default list.
+    op_types: list[str] = Field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
 
     @model_validator(mode="before")
     @classmethod

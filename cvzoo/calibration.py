@@ -80,7 +80,9 @@ class ArrayReader(CalibrationDataReader):
     """onnxruntime.quantization CalibrationDataReader over preprocessed arrays, in batches."""
 
     def __init__(self, arrays: np.ndarray, input_name: str, batch: int = 8):
-        self.arrays, self.input_name, self.batch = arrays, input_name, batch
+        # ORT's histogram calibrators stack per-batch outputs: every batch must have the same size
+        self.batch = max(b for b in range(1, batch + 1) if len(arrays) % b == 0)
+        self.arrays, self.input_name = arrays, input_name
         self.rewind()
 
     def get_next(self):

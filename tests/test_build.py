@@ -1,0 +1,173 @@
+"""Issue 4: int8/fp16 builds: fidelity on real trained weights, the guard, determinism, bad configs.
+
+Calibration for the Imagenette fixtures: 200 class-balanced images of ../shared/data/imagenet-sample
+(real ImageNet photos of other classes); 100 calibrate, 100 are the guard's held-out set. Evaluation:
+all 1000 images of ../shared/data/imagenette-val.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from cvzoo.artifact import Artifact
+from cvzoo.build import build
+from cvzoo.buildconfig import load_config, parse_config
+from cvzoo.errors import CvzooError
+from cvzoo.predict import Predictor
+from tests.conftest import IMAGENET_SAMPLE, imagenet_sample_files, imagenette_files, need
+
+MAX_DROP = {"cspresnet50-imagenette": 0.5, "ese_vovnet19b_dw-imagenette": 0.5, "dla34-imagenette": 0.5,
+            "efficientnetv2_rw_t-imagenette": 1.0}
+
+
+def _top1(artifact, files) -> float:
+    paths, labels = [f for f, _ in files], np.array([y for _, y in files])
+    ids = np.array([p.ids[0] for p in Predictor(artifact).predict_paths(paths, topk=1, batch=50)])
+    return 100.0 * float((ids == labels).mean())
+
+
+def _cfg(name, tmp, **kw):
+    base = dict(model=name, weights="default", dtype="int8", workspace=str(tmp),
+                quantize=dict(calibrate_mode="percentile", format="qdq"),
+                calibration=dict(path=str(need(IMAGENET_SAMPLE)), suffix=[".JPEG"], count=200, holdout=0.5))
+    for k, v in kw.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return parse_config(base)
+
+
+@pytest.fixture(scope="module")
+def fp32_top1(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            art = build(parse_config(dict(model=name, weights="default", workspace=str(tmp_path_factory.mktemp("f")))),
+                        say=lambda m: None)
+            cache[name] = _top1(art, imagenette_files())
+        return cache[name]
+    return get
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["minmax", "percentile", "entropy"])
+@pytest.mark.parametrize("name", list(MAX_DROP))
+def test_int8_with_guard_keeps_fixture_accuracy(name, mode, tmp_path, fp32_top1):
+    art = build(_cfg(name, tmp_path, quantize={"calibrate_mode": mode}), say=lambda m: None)
+    m = Artifact.load(art).manifest
+    top1 = _top1(art, imagenette_files())
+    ref = fp32_top1(name)
+    g = m["build"]["guard"]
+    print(f"{name} {mode}: fp32 {ref:.1f} int8 {top1:.1f} (drop {ref - top1:+.1f}); guard held-out agreement "
+          f"{100 * g['before']['agreement']:.0f}% -> {100 * g['after']['agreement']:.0f}% with "
+          f"{len(m['build']['quantization']['excluded_nodes'])} nodes in float")
+    assert m["precision"] == "int8" and len(m["build"]["calibration"]["files"]) == 100
+    assert ref - top1 <= MAX_DROP[name]
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_guard_off_vs_on_efficientnetv2(tmp_path, fp32_top1):
+    name = "efficientnetv2_rw_t-imagenette"
+    off = build(_cfg(name, tmp_path, guard={"enabled": False}, name="off"), say=lambda m: None)
+    on = build(_cfg(name, tmp_path, name="on"), say=lambda m: None)
+    top_off, top_on, ref = _top1(off, imagenette_files()), _top1(on, imagenette_files()), fp32_top1(name)
+    print(f"{name}: fp32 {ref:.1f}, int8 guard off {top_off:.1f}, guard on {top_on:.1f}")
+    assert Artifact.load(off).manifest["build"]["quantization"]["excluded_nodes"] == []
+    excluded = Artifact.load(on).manifest["build"]["quantization"]["excluded_nodes"]
+    assert len(excluded) > 0 and top_on > top_off + 2.0 and ref - top_on <= 1.0
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_lite0_int8_on_imagenet_sample_disjoint_halves(tmp_path):
+    cfg = load_config(__import__("pathlib").Path("configs/tf_efficientnet_lite0_int8.yaml"))
+    cfg.calibration.path = need(IMAGENET_SAMPLE)
+    cfg.workspace = tmp_path
+    art = build(cfg, say=print)
+    used = {f["path"] for f in Artifact.load(art).manifest["build"]["calibration"]["files"]}
+    used |= set(Artifact.load(art).manifest["build"]["guard"]["held_out"])
+    rest = [(f, y) for f, y in imagenet_sample_files() if str(f) not in used]
+    assert len(rest) == 500
+    fp32 = build(parse_config(dict(model="tf_efficientnet_lite0", weights="default", workspace=str(tmp_path))),
+                 say=lambda m: None)
+    a, b = _top1(fp32, rest), _top1(art, rest)
+    print(f"tf_efficientnet_lite0 on the held-out 500: fp32 {a:.1f} int8 {b:.1f}")
+    assert a - b <= 1.0
+
+
+@pytest.mark.shared
+def test_build_is_deterministic_and_records_settings(tmp_path):
+    cfg = _cfg("dla34-imagenette", tmp_path, calibration={"count": 40}, guard={"enabled": False})
+    a = build(cfg, say=lambda m: None)
+    b = build(cfg.model_copy(update={"name": "again"}), say=lambda m: None)
+    assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
+    m = json.loads((a / "manifest.json").read_text())
+    q = m["build"]["quantization"]
+    assert q["calibrate_mode"] == "percentile" and q["per_channel"] is True and q["format_chosen"] == "qdq"
+    assert all(len(f["sha256"]) == 64 for f in m["build"]["calibration"]["files"])
+    assert m["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8
+
+
+@pytest.mark.shared
+def test_auto_format_measures_candidates(tmp_path):
+    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40}, quantize={"format": "auto"},
+                     guard={"enabled": False}), say=lambda m: None)
+    t = Artifact.load(art).manifest["build"]["quantization"]["form_timings_b1_s"]
+    assert {"fp32", "qdq", "qdq-reduce_range", "qoperator", "qoperator-reduce_range"} <= set(t)
+    chosen = Artifact.load(art).manifest["build"]["quantization"]["form"]
+    assert t[chosen] == min(v for k, v in t.items() if k != "fp32")
+
+
+@pytest.mark.shared
+def test_fp16_build(tmp_path):
+    art = build(parse_config(dict(model="dla34-imagenette", weights="default", dtype="fp16", workspace=str(tmp_path))),
+                say=lambda m: None)
+    import onnx
+    m = onnx.load(str(art / "model.onnx"))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept float32
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    fid = Artifact.load(art).manifest["build"]["fidelity"]["vs_fp32"]
+    assert fid["agreement"] == 1.0 and fid["max_abs_diff"] < 0.05
+    pred = Predictor(art).predict(sorted(need(IMAGENET_SAMPLE).glob("*.JPEG"))[0])
+    assert len(pred.ids) == 5
+
+
+@pytest.mark.parametrize("data,message", [
+    (dict(model="dla35"), "unknown model 'dla35'"),
+    (dict(model="dla34", weights="/nonexistent/dla34.pth"), "weights file not found"),
+    (dict(model="dla34", dtype="int4"), "dtype: Input should be 'fp32', 'fp16' or 'int8'"),
+    (dict(model="dla34", dtype="int8"), "needs a calibration set"),
+    (dict(model="dla34", quantize=dict(calibrate_mod="entropy")), "unknown key 'quantize.calibrate_mod' (did you mean 'calibrate_mode'?)"),
+    (dict(model="dla34", dtyp="int8"), "unknown key 'dtyp' (did you mean 'dtype'?)"),
+])
+def test_bad_configs(tmp_path, data, message):
+    data = {"workspace": str(tmp_path / "ws"), **data}
+    with pytest.raises(CvzooError) as e:
+        build(parse_config(data), say=lambda m: None)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "ws").exists() or list((tmp_path / "ws").iterdir()) == []
+
+
+def test_bad_calibration_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "few").mkdir()
+    from PIL import Image
+    for i in range(3):
+        Image.new("RGB", (64, 64), (i, 0, 0)).save(tmp_path / "few" / f"{i}.jpg")
+    for folder, count, message in [("empty", 10, "has no images"), ("few", 10, "count 10 is larger than the 3 images")]:
+        cfg = parse_config(dict(model="dla46_c", dtype="int8", workspace=str(tmp_path / "ws"),
+                                calibration=dict(path=str(tmp_path / folder), count=count)))
+        with pytest.raises(CvzooError, match=message):
+            build(cfg, say=lambda m: None)
+    assert not (tmp_path / "ws").exists()
+
+
+def test_cli_typo_in_yaml_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: dla34\ndtype: int8\nquantize:\n  calibrate_mode: kl_divergence\n  per_chanel: true\n")
+    proc = subprocess.run([sys.executable, "-m", "cvzoo", "build", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown key 'quantize.per_chanel' (did you mean 'per_channel'?)" in proc.stderr
