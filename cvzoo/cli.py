@@ -237,6 +237,167 @@ def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name")
     run_build(cfg, force=force, say=lambda msg: console.print(msg, highlight=False))
 
 
+@app.command("eval")
+def eval_cmd(model: str = typer.Argument(..., help="artifact directory or zoo model name"),
+             data: Path = typer.Argument(..., help="synset folders, flat folder (+ --labels), or npz datalist .txt"),
+             labels: Optional[Path] = typer.Option(None, "--labels", help="ground truth for a flat folder"),
+             batch: int = typer.Option(32, "--batch", "-b"),
+             workers: Optional[int] = typer.Option(None, "--workers", help="decode threads"),
+             limit: Optional[int] = typer.Option(None, "--limit"),
+             out: Path = typer.Option(Path("eval-out"), "--out", "-o"),
+             engine: str = typer.Option("onnxruntime", "--engine", "-e"),
+             threads: Optional[int] = typer.Option(None, "--threads"),
+             weights: Optional[str] = typer.Option(None, "--weights", "-w"),
+             fresh: bool = typer.Option(False, "--fresh", help="discard earlier results in --out"),
+             quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Top-1/top-5 with per-class accuracy; resumable (rerun the same command after a kill)."""
+    from .evaluate import evaluate
+    s = evaluate(model, data, out, labels=labels, batch=batch, workers=workers, limit=limit, engine=engine,
+                 threads=threads, weights=weights, fresh=fresh, progress=not quiet)
+    c = s["counts"]
+    for item in s["skipped"]:
+        err_console.print(f"[yellow]skipped:[/yellow] {item['reason']}", highlight=False, soft_wrap=True)
+    if not quiet and s["worst_classes"] and s["top1"] is not None:
+        table = Table(title="worst classes")
+        for col in ("class", "top1", "images", "most confused with"):
+            table.add_column(col)
+        for w in s["worst_classes"][:5]:
+            table.add_row(w["class"], f"{w['top1']:.1f}", str(w["images"]),
+                          ", ".join(f"{n} ({k})" for n, k in w["most_confused_with"]))
+        console.print(table)
+    top = f"top1 {s['top1']:.3f}  top5 {s['top5']:.3f}" if s["top1"] is not None else "no labels: predictions only"
+    t = s["throughput"]
+    console.print(f"[bold]{s['model']}[/bold] ({s['precision']}, {s['engine']}): {top}  "
+                  f"[{c['labelled']} labelled, {c['skipped']} skipped]  "
+                  + (f"{t['images_per_s']} img/s" if t["images_per_s"] else "") + f"  -> {out}/summary.json, result.txt")
+
+
+@app.command("eval-topk")
+def eval_topk_cmd(result: Path = typer.Argument(..., help="result.txt in the seeds' format"),
+                  model: Optional[str] = typer.Option(None, "--model", help="artifact or model name whose class order the ids use (default ImageNet-1k)")):
+    """top-1/top-5 of a result.txt (the seeds' eval_topk.py), truth from each path's synset."""
+    from .evaluate import eval_topk
+    synsets = None
+    if model:
+        from .artifact import Artifact, is_artifact
+        from .card import get_card
+        synsets = Artifact.load(Path(model)).synsets if is_artifact(Path(model)) else get_card(model).synsets
+    r = eval_topk(result, synsets)
+    console.print(f"top1_rate: {r['top1']} top5_rate: {r['top5']}  ({r['images']} images"
+                  + (f", {r['unlabelled']} without a synset" if r["unlabelled"] else "") + ")")
+
+
+@app.command()
+def valprep(src: Path = typer.Argument(..., help="flat folder of ILSVRC2012_val_*.JPEG"),
+            labels: Path = typer.Option(..., "--labels", help="LOC_val_solution.csv, 'file index' lines, or one index per line"),
+            dst: Optional[Path] = typer.Option(None, "--dst", help="default: sort in place"),
+            mode: str = typer.Option("symlink", "--mode", help="move | copy | symlink")):
+    """Sort a flat ImageNet val folder into synset sub-folders (idempotent)."""
+    from .datatools import valprep as run
+    if mode not in ("move", "copy", "symlink"):
+        raise CvzooError(f"--mode must be move, copy or symlink, got '{mode}'")
+    r = run(src, labels, dst, mode)
+    console.print(f"placed {r['placed']} images ({mode}), {r['already_there']} already in place, {r['classes']} classes")
+
+
+@app.command()
+def image2npz(src: Path = typer.Argument(...), dst: Path = typer.Argument(...),
+              datalist: Path = typer.Option(Path("npz_datalist.txt"), "--datalist", "--text-path"),
+              model: Optional[str] = typer.Option(None, "--model", help="also store the model's preprocessed input")):
+    """Decoded images as .npz (+ datalist), as the seeds' image2npz.py."""
+    from .datatools import image2npz as run
+    pre = None
+    if model:
+        from .artifact import Artifact, is_artifact
+        from .card import get_card
+        pre = Artifact.load(Path(model)).preprocessing if is_artifact(Path(model)) else get_card(model).preprocessing
+    r = run(src, dst, datalist, pre)
+    for e in r["errors"]:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {r['written']} npz files and {datalist}")
+
+
+@app.command("bench")
+def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo model name"),
+              engine: str = typer.Option("onnxruntime", "--engine", "-e"),
+              batch: str = typer.Option("1,8", "--batch", "-b", help="comma-separated batch sizes"),
+              instances: int = typer.Option(1, "--instances", "-i"),
+              processes: int = typer.Option(1, "--processes", "-p"),
+              threads: Optional[int] = typer.Option(None, "--threads", help="per instance (default: cores / instances)"),
+              warmup: float = typer.Option(1.0, "--warmup"),
+              seconds: Optional[float] = typer.Option(None, "--time", help="seconds per batch size (default 5)"),
+              iterations: Optional[int] = typer.Option(None, "--iterations", help="runs per instance instead of --time"),
+              size: Optional[int] = typer.Option(None, "--size"),
+              images: Optional[Path] = typer.Option(None, "--images", help="also measure decode+preprocess+infer on these"),
+              vs_torch: bool = typer.Option(False, "--vs-torch", help="PyTorch eager in the same run, and the ratio"),
+              weights: Optional[str] = typer.Option(None, "--weights", "-w"),
+              json_out: Optional[Path] = typer.Option(None, "--json"),
+              csv_out: Optional[Path] = typer.Option(None, "--csv")):
+    """Throughput and latency percentiles (vamp -i/-p/-b style); JSON/CSV reports."""
+    import csv
+    import io
+    import json
+    from .bench import CSV_FIELDS, bench, csv_rows
+    from .postprocess import write_text_atomic
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise CvzooError(f"--batch takes comma-separated integers, got '{batch}'") from None
+    report = bench(model, engine=engine, batches=batches, instances=instances, processes=processes, threads=threads,
+                   warmup=warmup, duration=None if iterations else (seconds or 5.0), iterations=iterations, size=size,
+                   images=images, vs_torch=vs_torch, weights=weights,
+                   progress=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
+    table = Table(title=f"{report['model']} ({report['precision']}, {engine}) on {report['machine']['cpu']}")
+    for col in ("batch", "inst x proc", "img/s", "mean ms", "p50", "p90", "p99", "max", "vs torch eager"):
+        table.add_column(col, justify="right")
+    for r in report["results"]:
+        lat = r["latency"]
+        table.add_row(str(r["batch"]), f"{r['instances']}x{r['processes']}", f"{r['throughput_ips']:.1f}",
+                      f"{lat['mean_ms']:.2f}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}",
+                      f"{lat['max_ms']:.2f}", f"{r['speedup_vs_torch_eager']:.2f}x" if "speedup_vs_torch_eager" in r else "-")
+    console.print(table)
+    if "end_to_end" in report:
+        e = report["end_to_end"]
+        console.print(f"end to end (decode + preprocess + infer): {e['end_to_end_ips']:.1f} img/s; "
+                      f"decode + preprocess alone: {e['decode_preprocess_only_ips']:.1f} img/s")
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report, indent=2))
+    if csv_out:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(csv_rows(report))
+        write_text_atomic(csv_out, buf.getvalue())
+
+
+@app.command()
+def sweep(models: str = typer.Option(..., "--models", help="comma-separated model names"),
+          dtypes: str = typer.Option("fp32,int8", "--dtypes"),
+          data: Path = typer.Option(..., "--data", help="labelled evaluation data"),
+          calib: Optional[Path] = typer.Option(None, "--calib"),
+          count: int = typer.Option(200, "--count", help="calibration images"),
+          calibrate_mode: str = typer.Option("percentile", "--calibrate-mode"),
+          weights: Optional[str] = typer.Option("default", "--weights"),
+          bench: bool = typer.Option(False, "--bench"),
+          limit: Optional[int] = typer.Option(None, "--limit"),
+          out: Path = typer.Option(Path("sweep-out"), "--out", "-o"),
+          ray: Optional[str] = typer.Option(None, "--ray", help="Ray address, or 'local' for a local Ray", show_default=False)):
+    """Build, evaluate (and bench) each model x precision; write the zoo table (MD, CSV) and a Pareto plot."""
+    from .sweep import sweep as run
+    table = run([m for m in models.split(",") if m], [d for d in dtypes.split(",") if d], data, out, calib=calib,
+                bench=bench, use_ray=ray is not None, ray_address=None if ray in (None, "local") else ray,
+                count=count, calibrate_mode=calibrate_mode, weights=weights, limit=limit,
+                say=lambda m: console.print(m, highlight=False))
+    t = Table(title="zoo table")
+    for col in ("model", "precision", "top1", "top5", "Δ vs fp32", "img/s", "params(M)", "GMACs", "input"):
+        t.add_column(col, justify="left" if col in ("model", "precision") else "right")
+    for r in table:
+        t.add_row(r["model"], r["precision"], str(r["top1"]), str(r["top5"]), str(r["delta_top1_vs_fp32"]),
+                  str(r["ips"]), str(r["params_m"]), str(r["gmacs"]), str(r["input_size"]))
+    console.print(t)
+    console.print(f"wrote {out}/zoo_table.md, zoo_table.csv, pareto.png")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2, no traceback."""
     try:

@@ -27,7 +27,11 @@ class Decoded:
 
 def _decode(path: Path, pre: Preprocessing) -> Decoded:
     try:
-        img = load_image(path)
+        if path.suffix == ".npz":
+            from .datasets import load_npz_image
+            img = load_npz_image(path)
+        else:
+            img = load_image(path)
         return Decoded(path, normalize(resize_crop(img, pre), pre), None, image_notes(img))
     except CvzooError as e:
         return Decoded(path, None, str(e), [])

@@ -1,0 +1,234 @@
+"""`cvzoo bench`: throughput and latency percentiles (vamp -i/-p/-b, benchmark_app, trtexec).
+
+Instances are engine copies run concurrently by threads of one process (ONNX Runtime and OpenVINO release
+the GIL while they run); processes multiply that. Input is seeded random data unless --images is given,
+which adds decode + preprocessing and is reported separately (the end-to-end number users see).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .artifact import Artifact, versions
+from .engines import ENGINES, load_engine, physical_cores
+from .errors import CvzooError
+
+
+@dataclass
+class Counter:
+    """One engine instance's record: how many runs, and each run's latency."""
+    instance: int
+    process: int
+    latencies: list[float] = field(default_factory=list)
+
+
+def latency_stats(lat: Sequence[float]) -> dict:
+    a = np.asarray(lat) * 1000.0
+    return {"mean_ms": float(a.mean()), "min_ms": float(a.min()), "p50_ms": float(np.percentile(a, 50)),
+            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores_usable": physical_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": " avx_vnni" in flags}
+
+
+def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instances: int, warmup: float,
+                   duration: Optional[float], iterations: Optional[int], seed: int, process: int) -> list[Counter]:
+    art = Artifact.load(Path(art_dir))
+    size = art.preprocessing.input_size
+    engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
+    x = np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32)
+    counters = [Counter(i, process) for i in range(instances)]
+    start = threading.Barrier(instances)
+
+    def loop(k: int) -> None:
+        eng, c = engines[k], counters[k]
+        start.wait()
+        t_end = time.perf_counter() + warmup
+        while time.perf_counter() < t_end:
+            eng.run(x)
+        start.wait() if instances > 1 else None
+        deadline = time.perf_counter() + duration if duration else None
+        while True:
+            t = time.perf_counter()
+            eng.run(x)
+            c.latencies.append(time.perf_counter() - t)
+            if (iterations and len(c.latencies) >= iterations) or (deadline and time.perf_counter() >= deadline):
+                break
+
+    workers = [threading.Thread(target=loop, args=(k,), name=f"cvzoo-bench-{k}") for k in range(instances)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for e in engines:
+        e.close()
+    return counters
+
+
+def _process_main(args, queue):
+    try:
+        queue.put(("ok", _run_instances(*args)))
+    except BaseException as e:  # report, don't hang the parent
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def bench_batch(art: Artifact, engine: str, batch: int, instances: int, processes: int, threads: int,
+                warmup: float, duration: Optional[float], iterations: Optional[int], seed: int) -> dict:
+    t0 = time.perf_counter()
+    if processes == 1:
+        counters = _run_instances(str(art.folder), engine, threads, batch, instances, warmup, duration, iterations, seed, 0)
+    else:
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_process_main, args=((str(art.folder), engine, threads, batch, instances, warmup,
+                                                          duration, iterations, seed + p, p), queue)) for p in range(processes)]
+        for p in procs:
+            p.start()
+        counters = []
+        for _ in procs:
+            status, payload = queue.get()
+            if status != "ok":
+                raise CvzooError(f"bench process failed: {payload}")
+            counters += payload
+        for p in procs:
+            p.join()
+    wall = time.perf_counter() - t0 - warmup
+    # throughput over the measured window: each instance's run time, the slowest bounds the window
+    window = max(sum(c.latencies) for c in counters)
+    runs = sum(len(c.latencies) for c in counters)
+    all_lat = [t for c in counters for t in c.latencies]
+    return {
+        "batch": batch, "instances": instances, "processes": processes, "threads_per_instance": threads,
+        "runs": runs, "images": runs * batch, "seconds": window, "wall_seconds": round(wall, 3),
+        "throughput_ips": runs * batch / window,
+        "latency": latency_stats(all_lat),
+        "per_instance": [{"process": c.process, "instance": c.instance, "runs": len(c.latencies),
+                          "throughput_ips": len(c.latencies) * batch / sum(c.latencies), **latency_stats(c.latencies)}
+                         for c in counters],
+    }
+
+
+def bench_images(art: Artifact, engine: str, folder: Path, batch: int, threads: int, duration: float,
+                 workers: Optional[int]) -> dict:
+    """End to end: decode + preprocess (thread pool) + inference, on real files, cycled."""
+    from .predict import Predictor
+    from .preprocess import find_images
+    paths, _ = find_images([folder])
+    if not paths:
+        raise CvzooError(f"{folder}: no images found")
+    p = Predictor(art.folder, engine=engine, threads=threads)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        for pred in p.predict_paths(paths, batch=batch, workers=workers):
+            n += 1
+        if n == 0:
+            break
+    seconds = time.perf_counter() - t0
+    decode_t0, m = time.perf_counter(), 0
+    from .predict import decode_stream
+    for _ in decode_stream(paths, art.preprocessing, workers):
+        m += 1
+    decode_s = time.perf_counter() - decode_t0
+    return {"images": n, "seconds": seconds, "end_to_end_ips": n / seconds, "batch": batch,
+            "decode_preprocess_only_ips": m / decode_s, "files": len(paths)}
+
+
+def torch_eager_ips(art: Artifact, batch: int, threads: int, warmup: float, duration: float) -> dict:
+    """The same architecture in PyTorch eager fp32 on CPU, the way timm's benchmark.py runs it."""
+    import torch
+
+    from .card import ModelCard
+    from .models import build_model
+    torch.set_num_threads(threads)
+    card = ModelCard(**art.manifest["card"])
+    model = build_model(card)
+    size = art.preprocessing.input_size
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32))
+    lat = []
+    with torch.inference_mode():
+        t_end = time.perf_counter() + warmup
+        while time.perf_counter() < t_end:
+            model(x)
+        t_end = time.perf_counter() + duration
+        while time.perf_counter() < t_end or len(lat) < 3:
+            t = time.perf_counter()
+            model(x)
+            lat.append(time.perf_counter() - t)
+    return {"throughput_ips": batch * len(lat) / sum(lat), **latency_stats(lat)}
+
+
+def bench(model: Union[str, Path], engine: str = "onnxruntime", batches: Sequence[int] = (1, 8), instances: int = 1,
+          processes: int = 1, threads: Optional[int] = None, warmup: float = 1.0, duration: Optional[float] = 5.0,
+          iterations: Optional[int] = None, size: Optional[int] = None, images: Optional[Path] = None,
+          vs_torch: bool = False, seed: int = 0, weights: Optional[str] = None, progress=None) -> dict:
+    if engine not in ENGINES:
+        raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
+    if engine == "torch-cuda":
+        from .engines.torch_cuda import require_cuda
+        require_cuda()
+    bad = [b for b in batches if b < 1]
+    if bad or not batches:
+        raise CvzooError(f"--batch values must be >= 1, got {','.join(map(str, batches)) or 'nothing'}")
+    if instances < 1 or processes < 1:
+        raise CvzooError("--instances and --processes must be >= 1")
+    if iterations is not None and iterations < 1:
+        raise CvzooError("--iterations must be >= 1")
+    from .predict import artifact_for
+    art = Artifact.load(artifact_for(model, weights, size))
+    cores = physical_cores()
+    threads = threads or max(1, cores // (instances * processes))
+    report = {"model": art.name, "artifact": str(art.folder), "precision": art.precision, "engine": engine,
+              "input_size": art.preprocessing.input_size, "machine": machine_info(),
+              "versions": versions("cvzoo", "onnxruntime", "openvino", "torch", "numpy"),
+              "settings": {"instances": instances, "processes": processes, "threads_per_instance": threads,
+                           "warmup_s": warmup, "time_s": None if iterations else duration, "iterations": iterations,
+                           "seed": seed, "input": "synthetic N(0,1), seeded"},
+              "results": []}
+    for b in batches:
+        if progress:
+            progress(f"batch {b}: {instances} instance(s) x {processes} process(es), {threads} thread(s) each")
+        r = bench_batch(art, engine, b, instances, processes, threads, warmup, None if iterations else duration,
+                        iterations, seed)
+        if vs_torch:
+            t = torch_eager_ips(art, b, cores, warmup, duration or 3.0)
+            r["torch_eager_fp32"] = t
+            r["speedup_vs_torch_eager"] = r["throughput_ips"] / t["throughput_ips"]
+        report["results"].append(r)
+    if images:
+        if progress:
+            progress(f"end to end on {images}")
+        report["end_to_end"] = bench_images(art, engine, Path(images), max(batches), cores, duration or 5.0, None)
+    return report
+
+
+CSV_FIELDS = ["model", "precision", "engine", "batch", "instances", "processes", "threads_per_instance",
+              "throughput_ips", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "speedup_vs_torch_eager"]
+
+
+def csv_rows(report: dict) -> list[dict]:
+    return [{"model": report["model"], "precision": report["precision"], "engine": report["engine"],
+             **{k: r[k] for k in ("batch", "instances", "processes", "threads_per_instance", "throughput_ips")},
+             **r["latency"], "speedup_vs_torch_eager": r.get("speedup_vs_torch_eager")} for r in report["results"]]

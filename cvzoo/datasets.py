@@ -1,0 +1,110 @@
+"""Evaluation data: ImageNet-val layout (synset folders), flat folder + ground truth, or an npz datalist."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import CvzooError
+from .preprocess import IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: Optional[int]  # index in the model's class order; None when unknown
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_samples(data: Path, synsets: Sequence[str], labels: Optional[Path] = None) -> list[Sample]:
+    """Samples in a deterministic order with labels in the model's class order.
+
+    - DATA/<synset>/*.JPEG (ImageNet val after valprep): label = the synset's index in the model.
+    - DATA/*.JPEG + --labels: LOC_val_solution.csv (ImageId,PredictionString with synsets), a
+      "file index" list (Caffe val.txt, 0-based), or one 1-based index per line for the sorted files
+      (ILSVRC2012_validation_ground_truth.txt style; the index must be in the model's class order —
+      the devkit's own ILSVRC2012_ID order differs from the sorted-synset order and needs mapping).
+    - DATA = a datalist .txt of .npz files (cvzoo image2npz / the seeds' image2npz).
+    """
+    data = Path(data)
+    index = {s: i for i, s in enumerate(synsets)}
+    if data.is_file() and data.suffix == ".txt":
+        return _npz_datalist(data, index)
+    if not data.is_dir():
+        raise CvzooError(f"{data}: no such data folder or datalist")
+    subdirs = sorted(p for p in data.iterdir() if p.is_dir())
+    if subdirs and labels is None:
+        unknown = [d.name for d in subdirs if d.name not in index]
+        if unknown:
+            raise CvzooError(f"{data}: class folders not in the model's label set: {', '.join(unknown[:5])}"
+                             f"{' ...' if len(unknown) > 5 else ''}")
+        out = [Sample(p, index[d.name]) for d in subdirs for p in _images(d)]
+    else:
+        files = _images(data)
+        out = _with_labels(files, labels, index) if labels else [Sample(p, None) for p in files]
+    if not out:
+        raise CvzooError(f"{data}: no images found")
+    return out
+
+
+def _with_labels(files: list[Path], labels: Path, index: dict[str, int]) -> list[Sample]:
+    if not labels.is_file():
+        raise CvzooError(f"{labels}: ground-truth file not found")
+    text = labels.read_text(encoding="utf-8").strip().splitlines()
+    by_stem: dict[str, int] = {}
+    if labels.suffix == ".csv":  # LOC_val_solution.csv
+        for row in csv.DictReader(text):
+            synset = row["PredictionString"].split()[0]
+            if synset not in index:
+                raise CvzooError(f"{labels}: synset {synset} is not in the model's label set")
+            by_stem[row["ImageId"]] = index[synset]
+    elif text and len(text[0].split()) == 2:  # "ILSVRC2012_val_00000001.JPEG 65" (0-based sorted-synset index)
+        for line in text:
+            name, value = line.split()
+            by_stem[Path(name).stem] = int(value)
+    else:  # one index per line, aligned with the sorted files
+        values = [int(v) for v in text]
+        if len(values) != len(files):
+            raise CvzooError(f"{labels}: {len(values)} labels for {len(files)} images")
+        if min(values) < 1 or max(values) > len(index):
+            raise CvzooError(f"{labels}: indices must be 1..{len(index)} (one 1-based class index per line)")
+        return [Sample(f, v - 1) for f, v in zip(files, values)]
+    missing = [f.name for f in files if f.stem not in by_stem]
+    if missing:
+        raise CvzooError(f"{labels}: no label for {len(missing)} images, e.g. {missing[0]}")
+    return [Sample(f, by_stem[f.stem]) for f in files]
+
+
+def _npz_datalist(datalist: Path, index: dict[str, int]) -> list[Sample]:
+    out = []
+    for line in datalist.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        path = Path(line.split()[0])
+        if not path.is_absolute():
+            path = datalist.parent / path
+        tag = line.split()[1] if len(line.split()) > 1 else None  # a synset (or a class index)
+        label = None if tag is None else (index[tag] if tag in index else int(tag) if tag.isdigit() else None)
+        out.append(Sample(path, label))
+    if not out:
+        raise CvzooError(f"{datalist}: empty datalist")
+    return out
+
+
+def load_npz_image(path: Path):
+    """An image2npz file -> PIL RGB image (arrays are decoded RGB, CHW uint8)."""
+    from PIL import Image
+    try:
+        with np.load(path) as z:
+            arr = z["image"]
+    except Exception as e:
+        raise CvzooError(f"{path}: unreadable npz ({type(e).__name__}: {e})") from None
+    if arr.ndim != 3 or arr.shape[0] != 3 or arr.dtype != np.uint8:
+        raise CvzooError(f"{path}: expected a 3xHxW uint8 array under 'image', got {arr.shape} {arr.dtype}")
+    return Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0)), "RGB")

@@ -1,0 +1,42 @@
+"""OpenVINO CPU engine (pip install 'cvzoo[openvino]'): runs the fp32 ONNX and the QDQ int8 artifact."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import openvino as ov
+
+from ..artifact import Artifact
+from ..errors import CvzooError
+
+
+class OpenVinoEngine:
+    name = "openvino"
+
+    def __init__(self, artifact: Artifact, threads: Optional[int] = None, hint: str = "LATENCY"):
+        from . import physical_cores
+        self.artifact = artifact
+        self.threads = threads or physical_cores()
+        core = ov.Core()
+        try:
+            model = core.read_model(str(artifact.model_path))
+            # OpenVINO's CPU plugin defaults to bf16 where the CPU has it: pin f32 so an fp32 artifact
+            # (and the float parts of a QDQ int8 one) run as built
+            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads,
+                                                              "PERFORMANCE_HINT": hint,
+                                                              "INFERENCE_PRECISION_HINT": "f32"})
+        except Exception as e:
+            raise CvzooError(f"{artifact.model_path}: OpenVINO cannot compile it: {str(e).splitlines()[0]}") from None
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(self.request.get_output_tensor(0).data, dtype=np.float32).copy()
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def load(artifact: Artifact, threads: Optional[int] = None, **options) -> OpenVinoEngine:
+    return OpenVinoEngine(artifact, threads=threads, **options)

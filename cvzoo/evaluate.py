@@ -1,0 +1,185 @@
+"""`cvzoo eval`: top-1/top-5 on a labelled set, resumable, with result.txt and summary.json.
+
+Results are appended to results.jsonl per batch (flushed and fsynced); a killed run continues where it
+stopped and ends with exactly the numbers an uninterrupted run gives, because the summary is always
+computed from the file, in sample order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from .artifact import Artifact, sha256
+from .datasets import Sample, load_samples
+from .errors import CvzooError
+from .postprocess import Prediction, result_txt_lines, write_text_atomic
+from .predict import Predictor
+
+RESULTS, RUN, SUMMARY, RESULT_TXT = "results.jsonl", "run.json", "summary.json", "result.txt"
+
+
+def _read_results(path: Path) -> dict[int, dict]:
+    """Lines already written; a torn last line (killed mid-write) is cut off the file."""
+    done: dict[int, dict] = {}
+    if not path.exists():
+        return done
+    raw = path.read_bytes()
+    good_end = raw.rfind(b"\n") + 1
+    if good_end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    for line in raw[:good_end].decode("utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            done[rec["i"]] = rec
+    return done
+
+
+def _run_identity(art: Artifact, data: Path, labels: Optional[Path], samples: list[Sample], topk: int) -> dict:
+    return {"artifact": art.manifest["files"][art.manifest["model_file"]]["sha256"], "model": art.name,
+            "precision": art.precision, "data": str(Path(data).resolve()),
+            "labels": str(labels) if labels else None, "samples": len(samples), "topk": topk}
+
+
+def summarize(records: list[dict], class_names: list[str], skipped_detail: bool = True) -> dict:
+    ok = [r for r in records if "error" not in r]
+    labelled = [r for r in ok if r["label"] is not None]
+    n = len(labelled)
+    top1 = sum(r["ids"][0] == r["label"] for r in labelled)
+    top5 = sum(r["label"] in r["ids"][:5] for r in labelled)
+    per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    wrong: dict[int, Counter] = defaultdict(Counter)
+    for r in labelled:
+        per_class[r["label"]][0] += 1
+        per_class[r["label"]][1] += r["ids"][0] == r["label"]
+        if r["ids"][0] != r["label"]:
+            wrong[r["label"]][r["ids"][0]] += 1
+    classes = {class_names[c]: {"images": t, "top1": round(100.0 * k / t, 3)} for c, (t, k) in sorted(per_class.items())}
+    worst = sorted(per_class.items(), key=lambda kv: (kv[1][1] / kv[1][0], kv[0]))[:10]
+    return {
+        "top1": round(100.0 * top1 / n, 4) if n else None,
+        "top5": round(100.0 * top5 / n, 4) if n else None,
+        "counts": {"samples": len(records), "evaluated": len(ok), "labelled": n, "skipped": len(records) - len(ok),
+                   "top1_correct": top1, "top5_correct": top5},
+        "skipped": [{"path": r["path"], "reason": r["error"]} for r in records if "error" in r],
+        "per_class": classes,
+        "worst_classes": [{"class": class_names[c], "top1": round(100.0 * k / t, 2), "images": t,
+                           "most_confused_with": [[class_names[o], m] for o, m in wrong[c].most_common(3)]}
+                          for c, (t, k) in worst],
+    }
+
+
+def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Path], labels: Optional[Path] = None,
+             batch: int = 32, workers: Optional[int] = None, limit: Optional[int] = None, topk: int = 5,
+             engine: str = "onnxruntime", threads: Optional[int] = None, weights: Optional[str] = None,
+             fresh: bool = False, progress: bool = True, on_batch: Optional[Callable[[int], None]] = None) -> dict:
+    if batch < 1:
+        raise CvzooError(f"--batch must be >= 1, got {batch}")
+    predictor = Predictor(model, engine=engine, threads=threads, weights=weights)
+    art = predictor.artifact
+    samples = load_samples(Path(data), art.synsets, Path(labels) if labels else None)
+    if limit:
+        samples = samples[:limit]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = _run_identity(art, Path(data), labels, samples, topk)
+    run_file, results_file = out / RUN, out / RESULTS
+    if fresh:
+        results_file.unlink(missing_ok=True)
+    if run_file.exists() and results_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous != identity:
+            changed = [k for k in identity if previous.get(k) != identity[k]]
+            raise CvzooError(f"{out}: holds results of a different run ({', '.join(changed)} differ); "
+                             f"use another --out or --fresh")
+    write_text_atomic(run_file, json.dumps(identity, indent=2))
+    done = _read_results(results_file)
+    todo = [(i, s) for i, s in enumerate(samples) if i not in done]
+
+    from tqdm import tqdm
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), unit="img", disable=not progress,
+               desc=f"eval {art.name} ({art.precision})", dynamic_ncols=True)
+    t0, processed = time.perf_counter(), 0
+    with open(results_file, "a", encoding="utf-8") as f:
+        pending: list[str] = []
+        preds = predictor.predict_paths([s.path for _, s in todo], topk=topk, batch=batch, workers=workers)
+        for (i, sample), pred in zip(todo, preds):
+            pending.append(json.dumps(_record(i, sample, pred), ensure_ascii=False))
+            if len(pending) >= batch:
+                _flush(f, pending)
+                processed += len(pending)
+                bar.update(len(pending))
+                if on_batch:
+                    on_batch(processed)
+                pending = []
+        if pending:
+            _flush(f, pending)
+            processed += len(pending)
+            bar.update(len(pending))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    records = [r for _, r in sorted(_read_results(results_file).items())]
+    summary = summarize(records, art.class_names)
+    summary.update({
+        "model": art.name, "precision": art.precision, "engine": engine, "artifact": str(art.folder),
+        "artifact_sha256": identity["artifact"], "data": identity["data"],
+        "throughput": {"images_this_session": processed, "seconds": round(seconds, 2),
+                       "images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else None,
+                       "resumed_from": len(samples) - len(todo), "batch": batch,
+                       "threads": getattr(predictor.engine, "threads", None)},
+    })
+    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False))
+    write_text_atomic(out / RESULT_TXT, "".join(
+        line + "\n" for r in records if "error" not in r for line in result_txt_lines(_as_prediction(r, art.class_names))))
+    return summary
+
+
+def _record(i: int, sample: Sample, pred: Prediction) -> dict:
+    if not pred.ok:
+        return {"i": i, "path": str(sample.path), "label": sample.label, "error": pred.error}
+    return {"i": i, "path": str(sample.path), "label": sample.label, "ids": pred.ids,
+            "probs": [round(p, 8) for p in pred.probs]}
+
+
+def _flush(f, lines: list[str]) -> None:
+    f.write("".join(line + "\n" for line in lines))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _as_prediction(r: dict, names: list[str]) -> Prediction:
+    return Prediction(path=r["path"], ids=r["ids"], probs=r["probs"], names=[names[i] for i in r["ids"]])
+
+
+def eval_topk(result_txt: Path, synsets: Optional[list[str]] = None) -> dict:
+    """The seeds' eval_topk: top-1/top-5 of a result.txt; the true class comes from each path's synset
+    (its folder, or an n######## file-name prefix)."""
+    from .labels import load_label_set
+    from .postprocess import parse_result_txt
+    path = Path(result_txt)
+    if not path.is_file():
+        raise CvzooError(f"{path}: result file not found")
+    try:
+        parsed = parse_result_txt(path.read_text(encoding="utf-8").splitlines())
+    except ValueError as e:
+        raise CvzooError(f"{path}: {e}") from None
+    synsets = synsets or [s for s, _ in load_label_set("imagenet-1k")]
+    index = {s: i for i, s in enumerate(synsets)}
+    top1 = top5 = n = unlabelled = 0
+    for img, rows in parsed.items():
+        p = Path(img)
+        key = p.parent.name if p.parent.name in index else p.name.split("_")[0]
+        if key not in index:
+            unlabelled += 1
+            continue
+        ids = [i for _, i, _, _ in sorted(rows)]
+        n += 1
+        top1 += ids[0] == index[key]
+        top5 += index[key] in ids[:5]
+    if not n:
+        raise CvzooError(f"{path}: no image path names a known synset (folder or file-name prefix)")
+    return {"images": n, "unlabelled": unlabelled, "top1": round(100.0 * top1 / n, 4), "top5": round(100.0 * top5 / n, 4)}

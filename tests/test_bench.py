@@ -1,0 +1,108 @@
+"""Issue 7: bench on CPU writes sane JSON/CSV; instances really run concurrently; bad arguments."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cvzoo.bench import bench, bench_batch
+from cvzoo.artifact import Artifact
+from cvzoo.errors import CvzooError
+
+FIELDS = {"mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
+
+
+def _sane(r):
+    lat = r["latency"]
+    assert set(lat) == FIELDS and r["throughput_ips"] > 0 and r["runs"] > 0
+    assert 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert lat["min_ms"] <= lat["mean_ms"] <= lat["max_ms"]
+
+
+@pytest.mark.shared
+def test_bench_fixture_and_zoo_model_json(artifacts, tmp_path):
+    for model in (str(artifacts("dla34-imagenette")), "dla46_c"):
+        out = tmp_path / "b.json"
+        proc = subprocess.run([sys.executable, "-m", "cvzoo", "bench", model, "-b", "1,2", "--iterations", "5",
+                               "--warmup", "0.2", "--json", str(out), "--csv", str(tmp_path / "b.csv")],
+                              capture_output=True, text=True, env={**__import__("os").environ,
+                                                                   "CVZOO_CACHE": str(tmp_path / "cache")})
+        assert proc.returncode == 0, proc.stderr
+        rep = json.loads(out.read_text())
+        assert {"model", "precision", "engine", "machine", "versions", "settings", "results"} <= set(rep)
+        assert rep["machine"]["cores_usable"] >= 1 and "onnxruntime" in rep["versions"]
+        assert [r["batch"] for r in rep["results"]] == [1, 2]
+        for r in rep["results"]:
+            _sane(r)
+            assert r["runs"] == 5 and r["images"] == 5 * r["batch"]
+        assert (tmp_path / "b.csv").read_text().count("\n") == 3
+
+
+def test_two_instances_run_concurrently(artifacts):
+    art = Artifact.load(artifacts("dla46_c", weights=None))
+    r = bench_batch(art, "onnxruntime", 1, instances=2, processes=1, threads=1, warmup=0.1, duration=1.0,
+                    iterations=None, seed=0)
+    a, b = r["per_instance"]
+    assert a["runs"] > 3 and b["runs"] > 3  # both instances made progress
+    # concurrent, not one after the other: the wall time is about one instance's busy time, not the sum
+    busy = [x["runs"] / x["throughput_ips"] for x in (a, b)]
+    assert r["wall_seconds"] < 0.8 * sum(busy)
+    _sane(r)
+
+
+def test_two_processes(artifacts):
+    art = Artifact.load(artifacts("dla46_c", weights=None))
+    r = bench_batch(art, "onnxruntime", 1, instances=1, processes=2, threads=1, warmup=0.1, duration=None,
+                    iterations=4, seed=0)
+    assert sorted(x["process"] for x in r["per_instance"]) == [0, 1] and r["runs"] == 8
+
+
+def test_vs_torch_and_end_to_end(artifacts):
+    from cvzoo.export import demo_images
+    rep = bench(artifacts("dla46_c", weights=None), batches=(1,), duration=0.5, warmup=0.1, vs_torch=True,
+                images=demo_images()[0].parent)
+    r = rep["results"][0]
+    assert r["torch_eager_fp32"]["throughput_ips"] > 0 and r["speedup_vs_torch_eager"] > 0
+    e = rep["end_to_end"]
+    assert e["end_to_end_ips"] > 0 and e["decode_preprocess_only_ips"] > 0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(batches=(0,)), "--batch values must be >= 1"),
+    (dict(engine="tensorrt"), "unknown engine 'tensorrt'"),
+    (dict(instances=0), "must be >= 1"),
+])
+def test_bad_arguments(artifacts, kwargs, message):
+    with pytest.raises(CvzooError, match=message):
+        bench(artifacts("dla46_c", weights=None), **kwargs)
+
+
+def test_gpu_engine_without_cuda_is_one_clear_error(artifacts):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    proc = subprocess.run([sys.executable, "-m", "cvzoo", "bench", str(artifacts("dla46_c", weights=None)),
+                           "-e", "torch-cuda"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_openvino_engine_runs_fp32_and_matches_ort(artifacts):
+    pytest.importorskip("openvino")
+    import numpy as np
+    from cvzoo.engines import load_engine
+    art = artifacts("tf_efficientnet_lite0")
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    a = load_engine(art, "onnxruntime").run(x)
+    b = load_engine(art, "openvino").run(x)
+    assert np.abs(a - b).max() < 1e-3 and (a.argmax(1) == b.argmax(1)).all()
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU (none on CI)")
+def test_torch_cuda_engine_matches_ort(artifacts):
+    import numpy as np
+    from cvzoo.engines import load_engine
+    art = artifacts("tf_efficientnet_lite0")
+    x = np.random.default_rng(0).standard_normal((4, 3, 224, 224), dtype=np.float32)
+    a = load_engine(art, "onnxruntime").run(x)
+    b = load_engine(art, "torch-cuda").run(x)
+    assert (a.argmax(1) == b.argmax(1)).all()
