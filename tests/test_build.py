@@ -26,8 +26,8 @@ def _top1(artifact, files) -> float:
     return 100.0 * float((ids == labels).mean())
 
 
-def _cfg(name, tmp, **kw):
-    base = dict(model=name, weights="default", dtype="int8", workspace=str(tmp),
+def _cfg(model, tmp, **kw):
+    base = dict(model=model, weights="default", dtype="int8", workspace=str(tmp),
                 quantize=dict(calibrate_mode="percentile", format="qdq"),
                 calibration=dict(path=str(need(IMAGENET_SAMPLE)), suffix=[".JPEG"], count=200, holdout=0.5))
     for k, v in kw.items():

@@ -1,0 +1,71 @@
+"""CPU engine table: ONNX Runtime fp32/int8 and OpenVINO fp32/int8 vs PyTorch eager fp32, per seed model
+at its card size, batch 1 and 8; plus the int8 forms the build measured. Writes JSON (and prints Markdown).
+
+    python benchmarks/cpu_engines.py --out benchmarks/results/cpu_engines.json [--seconds 3]
+
+Random-init weights (speed does not depend on them); int8 calibrated on 40 images of --calib
+(guard off: this table is about speed; accuracy is in docs/quantization.md). Run on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from cvzoo.bench import bench, machine_info, torch_eager_ips
+from cvzoo.artifact import Artifact
+from cvzoo.build import build
+from cvzoo.buildconfig import parse_config
+from cvzoo.engines import physical_cores
+
+SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "cspresnet50", "efficientnetv2_rw_t"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(SEED_MODELS))
+    ap.add_argument("--calib", default="../shared/data/imagenet-sample")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--out", default="benchmarks/results/cpu_engines.json")
+    args = ap.parse_args()
+    engines = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+        engines.append("openvino")
+    except ImportError:
+        pass
+    rows, forms = [], {}
+    with tempfile.TemporaryDirectory() as ws:
+        for name in args.models.split(","):
+            fp32 = build(parse_config({"model": name, "workspace": ws}), say=lambda m: None)
+            int8 = build(parse_config({"model": name, "dtype": "int8", "workspace": ws, "guard": {"enabled": False},
+                                       "quantize": {"format": "auto"},
+                                       "calibration": {"path": args.calib, "count": 40}}), say=print)
+            forms[name] = Artifact.load(int8).manifest["build"]["quantization"]["form_timings_b1_s"]
+            for b in (1, 8):
+                t = torch_eager_ips(Artifact.load(fp32), b, physical_cores(), 1.0, args.seconds)
+                row = {"model": name, "input_size": Artifact.load(fp32).preprocessing.input_size, "batch": b,
+                       "torch_eager_fp32_ips": t["throughput_ips"]}
+                for engine in engines:
+                    for tag, art in (("fp32", fp32), ("int8", int8)):
+                        r = bench(art, engine=engine, batches=(b,), duration=args.seconds, warmup=1.0)["results"][0]
+                        row[f"{engine}_{tag}_ips"] = r["throughput_ips"]
+                        row[f"{engine}_{tag}_p50_ms"] = r["latency"]["p50_ms"]
+                best = max((k for k in row if k.endswith("_ips") and not k.startswith("torch")), key=row.get)
+                row["best"] = best.removesuffix("_ips")
+                row["best_vs_torch_eager"] = row[best] / row["torch_eager_fp32_ips"]
+                print(json.dumps(row))
+                rows.append(row)
+    report = {"machine": machine_info(), "seconds_per_point": args.seconds, "rows": rows, "int8_form_timings_b1_s": forms}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    cols = ["model", "input_size", "batch", "torch_eager_fp32_ips"] + [f"{e}_{t}_ips" for e in engines for t in ("fp32", "int8")] \
+        + ["best", "best_vs_torch_eager"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()

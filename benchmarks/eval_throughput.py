@@ -1,0 +1,47 @@
+"""Eval throughput next to the machine's decode+preprocess-only rate (the ceiling on CPUs).
+
+    python benchmarks/eval_throughput.py --out benchmarks/results/eval_throughput.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from cvzoo.artifact import Artifact
+from cvzoo.build import build
+from cvzoo.buildconfig import parse_config
+from cvzoo.datasets import load_samples
+from cvzoo.evaluate import evaluate
+from cvzoo.predict import decode_stream
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="dla34-imagenette,cspresnet50-imagenette")
+    ap.add_argument("--data", default="../shared/data/imagenette-val")
+    ap.add_argument("--out", default="benchmarks/results/eval_throughput.json")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as ws:
+        for name in args.models.split(","):
+            art = build(parse_config({"model": name, "weights": "default", "workspace": ws}), say=lambda m: None)
+            a = Artifact.load(art)
+            paths = [s.path for s in load_samples(Path(args.data), a.synsets)]
+            t = time.perf_counter()
+            n = sum(1 for _ in decode_stream(paths, a.preprocessing))
+            decode_ips = n / (time.perf_counter() - t)
+            s = evaluate(art, args.data, Path(ws) / f"ev-{name}", fresh=True, progress=False)
+            row = {"model": name, "images": n, "decode_preprocess_only_ips": decode_ips,
+                   "eval_ips": s["throughput"]["images_per_s"], "ratio": s["throughput"]["images_per_s"] / decode_ips,
+                   "top1": s["top1"]}
+            print(json.dumps(row))
+            rows.append(row)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
