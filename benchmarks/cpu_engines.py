@@ -43,12 +43,17 @@ def main() -> None:
                                        "quantize": {"format": "auto"},
                                        "calibration": {"path": args.calib, "count": 40}}), say=print)
             forms[name] = Artifact.load(int8).manifest["build"]["quantization"]["form_timings_b1_s"]
+            forms[name]["chosen"] = Artifact.load(int8).manifest["build"]["quantization"]["form"]
+            # OpenVINO reads QDQ (not ORT's QOperator form): its own int8 artifact, same calibration
+            int8_qdq = build(parse_config({"model": name, "dtype": "int8", "workspace": ws, "engine": "openvino",
+                                           "name": f"{name}-qdq", "guard": {"enabled": False},
+                                           "calibration": {"path": args.calib, "count": 40}}), say=lambda m: None)
             for b in (1, 8):
                 t = torch_eager_ips(Artifact.load(fp32), b, physical_cores(), 1.0, args.seconds)
                 row = {"model": name, "input_size": Artifact.load(fp32).preprocessing.input_size, "batch": b,
                        "torch_eager_fp32_ips": t["throughput_ips"]}
                 for engine in engines:
-                    for tag, art in (("fp32", fp32), ("int8", int8)):
+                    for tag, art in (("fp32", fp32), ("int8", int8 if engine == "onnxruntime" else int8_qdq)):
                         r = bench(art, engine=engine, batches=(b,), duration=args.seconds, warmup=1.0)["results"][0]
                         row[f"{engine}_{tag}_ips"] = r["throughput_ips"]
                         row[f"{engine}_{tag}_p50_ms"] = r["latency"]["p50_ms"]

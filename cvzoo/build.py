@@ -333,7 +333,9 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
     forms = [Int8Form(q.format if q.format != "auto" else "qdq", bool(q.reduce_range))]
     path, excluded, trials, fid = guarded_int8(prepped, work, reader, held, held_labels, ref, cfg, forms[0], say)
     chosen, timings = forms[0], {}
-    if q.format == "auto":
+    if q.format == "auto" and cfg.engine != "onnxruntime":
+        say(f"int8 form: qdq (the form {cfg.engine} reads; QOperator is ONNX Runtime's own)")
+    elif q.format == "auto":
         # the fastest correct form on this CPU: candidates share the guard's exclusions, must pass too
         shape = (1, 3, pre.input_size, pre.input_size)
         timings["fp32"] = time_model(fp32, shape)
@@ -357,8 +359,13 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
         say(f"int8 form chosen: {chosen.label} ({1000 * timings[chosen.label]:.1f} ms vs fp32 "
             f"{1000 * timings['fp32']:.1f} ms at b1)")
         if timings[chosen.label] > timings["fp32"]:
-            say("note: on this CPU int8 is slower than fp32 (no VNNI int8 dot product); int8 still saves "
-                "memory and feeds OpenVINO/TensorRT")
+            from .bench import machine_info
+            m = machine_info()
+            why = (f"{len(excluded)} nodes kept in float add Q/DQ conversions" if excluded else "")
+            if not (m["avx512_vnni"] or m["avx_vnni"]):
+                why = "this CPU has no VNNI int8 dot product" + (f"; {why}" if why else "")
+            say(f"note: int8 is slower than fp32 with ONNX Runtime here ({why or 'small model'}); the QDQ "
+                f"artifact still saves memory and feeds OpenVINO/TensorRT")
     say(f"int8 final: agreement {100 * fid.agreement:.2f}%"
         + (f", top-1 {fid.top1:.2f} (fp32 {fid.top1_fp32:.2f})" if fid.top1 is not None else "")
         + (f"; {len(excluded)} nodes kept in float: {', '.join(excluded[:8])}{' ...' if len(excluded) > 8 else ''}"
