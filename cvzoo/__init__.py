@@ -7,15 +7,17 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
+# public name -> (module, attribute); names differ from the verb modules (cvzoo.export, cvzoo.build, ...)
 _LAZY = {
-    "list_models": "cvzoo.card", "get_card": "cvzoo.card", "ModelCard": "cvzoo.card",
-    "CvzooError": "cvzoo.errors",
-    "create_model": "cvzoo.models",
-    "profile_model": "cvzoo.profile",
-    "export": "cvzoo.export",
-    "Predictor": "cvzoo.predict",
-    "load_engine": "cvzoo.engines",
-    "preprocess_image": "cvzoo.preprocess",
+    "list_models": ("cvzoo.card", "list_models"), "get_card": ("cvzoo.card", "get_card"),
+    "ModelCard": ("cvzoo.card", "ModelCard"), "CvzooError": ("cvzoo.errors", "CvzooError"),
+    "create_model": ("cvzoo.models", "create_model"), "profile_model": ("cvzoo.profile", "profile_model"),
+    "export_model": ("cvzoo.export", "export"), "build_artifact": ("cvzoo.build", "build"),
+    "load_build_config": ("cvzoo.buildconfig", "load_config"),
+    "Predictor": ("cvzoo.predict", "Predictor"), "load_engine": ("cvzoo.engines", "load_engine"),
+    "preprocess_image": ("cvzoo.preprocess", "preprocess_image"),
+    "evaluate_model": ("cvzoo.evaluate", "evaluate"), "bench_model": ("cvzoo.bench", "bench"),
+    "run_sweep": ("cvzoo.sweep", "sweep"),
 }
 
 __all__ = list(_LAZY) + ["__version__"]
@@ -23,5 +25,6 @@ __all__ = list(_LAZY) + ["__version__"]
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
     raise AttributeError(f"module 'cvzoo' has no attribute {name!r}")

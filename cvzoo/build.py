@@ -23,7 +23,6 @@ from .calibration import ArrayReader, labels_for, load_arrays, select_files, spl
 from .card import get_card
 from .errors import CvzooError
 
-log = logging.getLogger("cvzoo.build")
 Say = Callable[[str], None]
 
 
@@ -106,18 +105,23 @@ def _quantize(src: Path, dst: Path, reader: ArrayReader, q: QuantizeConfig, form
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy, "distribution": CalibrationMethod.Distribution}[q.calibrate_mode]
     reader.rewind()
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs every node at INFO
-    quantize_static(
-        str(src), str(dst), reader,
-        quant_format=QuantFormat.QDQ if form.format == "qdq" else QuantFormat.QOperator,
-        per_channel=q.per_channel, reduce_range=form.reduce_range,
-        activation_type=QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
-        op_types_to_quantize=list(q.op_types) or None,
-        extra_options={"CalibPercentile": q.percentile, "ActivationSymmetric": q.symmetric_activations,
-                       "WeightSymmetric": True},
-        calibration_cache_path=str(cache),  # calibrate once, requantize with exclusions cheaply
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's quantizer logs every node at INFO on the root logger
+    try:
+        quantize_static(
+            str(src), str(dst), reader,
+            quant_format=QuantFormat.QDQ if form.format == "qdq" else QuantFormat.QOperator,
+            per_channel=q.per_channel, reduce_range=form.reduce_range,
+            activation_type=QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+            op_types_to_quantize=list(q.op_types) or None,
+            extra_options={"CalibPercentile": q.percentile, "ActivationSymmetric": q.symmetric_activations,
+                           "WeightSymmetric": True},
+            calibration_cache_path=str(cache),  # calibrate once, requantize with exclusions cheaply
+        )
+    finally:
+        root.setLevel(level)
 
 
 def rank_sensitivity(fp32_path: Path, qdq_path: Path, arrays: np.ndarray,

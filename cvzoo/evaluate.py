@@ -45,7 +45,7 @@ def _run_identity(art: Artifact, data: Path, labels: Optional[Path], samples: li
             "labels": str(labels) if labels else None, "samples": len(samples), "topk": topk}
 
 
-def summarize(records: list[dict], class_names: list[str], skipped_detail: bool = True) -> dict:
+def summarize(records: list[dict], class_names: list[str]) -> dict:
     ok = [r for r in records if "error" not in r]
     labelled = [r for r in ok if r["label"] is not None]
     n = len(labelled)

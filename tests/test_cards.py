@@ -52,6 +52,9 @@ def test_unknown_model_suggests_close_names():
 def test_public_api_is_lazy_and_complete():
     assert cvzoo.get_card("dla34").arch == "dla34"
     assert len(cvzoo.list_models()) >= 30
+    for name in cvzoo.__all__:
+        assert getattr(cvzoo, name) is not None
+    assert callable(cvzoo.export_model) and callable(cvzoo.build_artifact) and callable(cvzoo.evaluate_model)
 
 
 @pytest.mark.parametrize("name,row", TIMM_ROWS, ids=[n for n, _ in TIMM_ROWS])
