@@ -26,6 +26,7 @@ def load_samples(data: Path, synsets: Sequence[str], labels: Optional[Path] = No
     """Samples in a deterministic order with labels in the model's class order.
 
     - DATA/<synset>/*.JPEG (ImageNet val after valprep): label = the synset's index in the model.
+    - DATA/<synset>_*.JPEG (ImageNet train-style names): label from the file-name prefix.
     - DATA/*.JPEG + --labels: LOC_val_solution.csv (ImageId,PredictionString with synsets), a
       "file index" list (Caffe val.txt, 0-based), or one 1-based index per line for the sorted files
       (ILSVRC2012_validation_ground_truth.txt style; the index must be in the model's class order —
@@ -47,7 +48,12 @@ def load_samples(data: Path, synsets: Sequence[str], labels: Optional[Path] = No
         out = [Sample(p, index[d.name]) for d in subdirs for p in _images(d)]
     else:
         files = _images(data)
-        out = _with_labels(files, labels, index) if labels else [Sample(p, None) for p in files]
+        if labels:
+            out = _with_labels(files, labels, index)
+        elif files and all(f.name.split("_")[0] in index for f in files):  # n01440764_xxx.JPEG naming
+            out = [Sample(f, index[f.name.split("_")[0]]) for f in files]
+        else:
+            out = [Sample(p, None) for p in files]
     if not out:
         raise CvzooError(f"{data}: no images found")
     return out
