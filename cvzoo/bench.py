@@ -180,6 +180,33 @@ def torch_eager_ips(art: Artifact, batch: int, threads: int, warmup: float, dura
     return {"throughput_ips": batch * len(lat) / sum(lat), **latency_stats(lat)}
 
 
+def torch_gpu_baselines(art: Artifact, batch: int, warmup: float, duration: float) -> dict:
+    """On a GPU, the two bars issue 7 names: timm's benchmark way (eager, AMP fp16, channels-last) and
+    plain torch.compile (default mode) of the same. Written for the torch-cuda engine; measured only where
+    a GPU exists (not on the CI or development machines)."""
+    import torch
+
+    from .card import ModelCard
+    from .models import build_model
+    size = art.preprocessing.input_size
+    model = build_model(ModelCard(**art.manifest["card"])).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
+    out = {}
+    for tag, fn in (("timm_eager_amp_fp16", model), ("torch_compile_fp16", torch.compile(model))):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            t_end = time.perf_counter() + warmup
+            while time.perf_counter() < t_end:
+                fn(x)
+            torch.cuda.synchronize()
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < duration:
+                fn(x)
+                n += 1
+            torch.cuda.synchronize()
+        out[tag] = {"throughput_ips": n * batch / (time.perf_counter() - t0)}
+    return out
+
+
 def bench(model: Union[str, Path], engine: str = "onnxruntime", batches: Sequence[int] = (1, 8), instances: int = 1,
           processes: int = 1, threads: Optional[int] = None, warmup: float = 1.0, duration: Optional[float] = 5.0,
           iterations: Optional[int] = None, size: Optional[int] = None, images: Optional[Path] = None,
@@ -212,7 +239,12 @@ def bench(model: Union[str, Path], engine: str = "onnxruntime", batches: Sequenc
             progress(f"batch {b}: {instances} instance(s) x {processes} process(es), {threads} thread(s) each")
         r = bench_batch(art, engine, b, instances, processes, threads, warmup, None if iterations else duration,
                         iterations, seed)
-        if vs_torch:
+        if vs_torch and engine == "torch-cuda":
+            base = torch_gpu_baselines(art, b, warmup, duration or 3.0)
+            r.update({f"torch_{k}": v for k, v in base.items()})
+            r["speedup_vs_timm_eager_amp"] = r["throughput_ips"] / base["timm_eager_amp_fp16"]["throughput_ips"]
+            r["speedup_vs_torch_compile"] = r["throughput_ips"] / base["torch_compile_fp16"]["throughput_ips"]
+        elif vs_torch:
             t = torch_eager_ips(art, b, cores, warmup, duration or 3.0)
             r["torch_eager_fp32"] = t
             r["speedup_vs_torch_eager"] = r["throughput_ips"] / t["throughput_ips"]
