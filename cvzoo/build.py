@@ -253,7 +253,6 @@ def to_fp16(src: Path, dst: Path, keep_io_types: bool) -> None:
 def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
     """Validate everything first, then export fp32, convert/quantize, check fidelity, write the artifact."""
     from .checkpoint import resolve_default_weights
-    from .engines import ENGINES
     from .export import base_manifest, demo_images, export
 
     card = get_card(cfg.model)
@@ -265,8 +264,6 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
         weights = Path(cfg.weights)
         if not weights.is_file():
             raise CvzooError(f"{weights}: weights file not found")
-    if cfg.engine not in ENGINES:
-        raise CvzooError(f"unknown engine '{cfg.engine}'")
     pre = card.preprocessing.model_copy(update={"input_size": size})
     calib_files: list[Path] = []
     if cfg.dtype == "int8" or (cfg.calibration and cfg.dtype == "fp16"):
@@ -289,8 +286,7 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
         elif cfg.dtype == "fp16":
             final = work / "model-fp16.onnx"
             to_fp16(fp32, final, cfg.keep_io_types)
-            arrays = (load_arrays(calib_files, pre)[0] if calib_files else
-                      np.stack([load_arrays([p], pre)[0][0] for p in demo_images()]))
+            arrays = load_arrays(calib_files or demo_images(), pre)[0]
             fid = measure_fidelity(run_logits(fp32, arrays), run_logits(final, arrays), None)
             extra["fidelity"] = {"vs_fp32": fid.as_dict()}
             extra["note"] = ("fp16 is for GPU engines; on CPU, ONNX Runtime computes most fp16 ops through "
@@ -310,8 +306,6 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
                 "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxconverter-common",
                                      "openvino"),
             })
-            if extra.get("runtime"):
-                manifest["runtime"] = extra.pop("runtime")
             write_manifest(dst, manifest)
     say(f"wrote {out}")
     return out

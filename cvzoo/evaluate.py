@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .artifact import Artifact, sha256
+from .artifact import Artifact
 from .datasets import Sample, load_samples
 from .errors import CvzooError
 from .postprocess import Prediction, result_txt_lines, write_text_atomic

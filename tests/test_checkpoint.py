@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from cvzoo.card import get_card
-from cvzoo.checkpoint import load_weights, read_state_dict
+from cvzoo.checkpoint import read_state_dict
 from cvzoo.errors import CvzooError
 from cvzoo.models import create_model
 

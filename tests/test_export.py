@@ -1,7 +1,6 @@
 """Issue 3: ONNX export parity for every zoo model, artifact contents, atomic writes."""
 import json
 
-import numpy as np
 import onnx
 import pytest
 
