@@ -17,6 +17,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _artifact_or_card(model: str):
+    """An artifact directory or a zoo model name; both expose .preprocessing, .synsets, .class_names."""
+    from .artifact import Artifact, is_artifact
+    from .card import get_card
+    return Artifact.load(Path(model)) if is_artifact(Path(model)) else get_card(model)
+
+
 @app.command("list")
 def list_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help="vovnet, cspnet, dla, efficientnet")):
     """Table of the zoo's models."""
@@ -277,12 +284,7 @@ def eval_topk_cmd(result: Path = typer.Argument(..., help="result.txt in the see
                   model: Optional[str] = typer.Option(None, "--model", help="artifact or model name whose class order the ids use (default ImageNet-1k)")):
     """top-1/top-5 of a result.txt (the seeds' eval_topk.py), truth from each path's synset."""
     from .evaluate import eval_topk
-    synsets = None
-    if model:
-        from .artifact import Artifact, is_artifact
-        from .card import get_card
-        synsets = Artifact.load(Path(model)).synsets if is_artifact(Path(model)) else get_card(model).synsets
-    r = eval_topk(result, synsets)
+    r = eval_topk(result, _artifact_or_card(model).synsets if model else None)
     console.print(f"top1_rate: {r['top1']} top5_rate: {r['top5']}  ({r['images']} images"
                   + (f", {r['unlabelled']} without a synset" if r["unlabelled"] else "") + ")")
 
@@ -306,12 +308,7 @@ def image2npz(src: Path = typer.Argument(...), dst: Path = typer.Argument(...),
               model: Optional[str] = typer.Option(None, "--model", help="also store the model's preprocessed input")):
     """Decoded images as .npz (+ datalist), as the seeds' image2npz.py."""
     from .datatools import image2npz as run
-    pre = None
-    if model:
-        from .artifact import Artifact, is_artifact
-        from .card import get_card
-        pre = Artifact.load(Path(model)).preprocessing if is_artifact(Path(model)) else get_card(model).preprocessing
-    r = run(src, dst, datalist, pre)
+    r = run(src, dst, datalist, _artifact_or_card(model).preprocessing if model else None)
     for e in r["errors"]:
         err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
     console.print(f"wrote {r['written']} npz files and {datalist}")
