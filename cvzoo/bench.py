@@ -37,18 +37,14 @@ def latency_stats(lat: Sequence[float]) -> dict:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), ""
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == platform.processor():
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = line
     except OSError:
-        pass
-    flags = ""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores_usable": physical_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
             "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": " avx_vnni" in flags}
@@ -69,7 +65,7 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
         t_end = time.perf_counter() + warmup
         while time.perf_counter() < t_end:
             eng.run(x)
-        start.wait() if instances > 1 else None
+        start.wait()  # measure together, after everyone's warm-up
         deadline = time.perf_counter() + duration if duration else None
         while True:
             t = time.perf_counter()

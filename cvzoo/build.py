@@ -24,6 +24,7 @@ from .card import get_card
 from .errors import CvzooError
 
 Say = Callable[[str], None]
+CALIBRATION_CACHE = "calibration.cache.json"  # tensor ranges, shared by every requantization of a build
 
 
 @dataclass
@@ -183,7 +184,7 @@ def guarded_int8(fp32: Path, work: Path, reader: ArrayReader, held: np.ndarray, 
                  cfg: BuildConfig, form: Int8Form, say: Say) -> tuple[Path, list[str], list[Trial], Fidelity]:
     """Quantize; if the guard's target is missed, exclude the fewest most-sensitive nodes that meet it."""
     q, g = cfg.quantize, cfg.guard
-    cache = work / "calibration.cache.json"
+    cache = work / CALIBRATION_CACHE
 
     def attempt(excluded: list[str], tag: str) -> tuple[Path, Fidelity]:
         out = work / f"int8-{form.label}-{tag}.onnx"
@@ -339,7 +340,7 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
         timings["fp32"] = time_model(fp32, shape)
         timings[chosen.label] = time_model(path, shape)
         candidates = [Int8Form(f, r) for f in ("qdq", "qoperator") for r in (False, True)]
-        cache = work / "calibration.cache.json"
+        cache = work / CALIBRATION_CACHE
         best = (timings[chosen.label], chosen, path, fid)
         for form in candidates:
             if form == chosen:
