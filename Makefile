@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 # torch and torchvision are pinned to the x86_64 wheels on this machine's disk (see DEVELOPERS notes in README).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# The real mmpretrain and PaddleClas, each in its own venv (PaddleClas pins numpy 1.24), for tests/test_sources.py.
+SOURCE_ENVS ?= .venv-sources
+SOURCES := paddleclas mmpretrain
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv source-envs clean bench
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -19,11 +22,20 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 venv: $(VENV)/.installed
 
+$(SOURCE_ENVS)/%/.installed: tests/sources/requirements-%.txt
+	rm -rf $(SOURCE_ENVS)/$*
+	$(PY) -m venv $(SOURCE_ENVS)/$*
+	$(SOURCE_ENVS)/$*/bin/pip install -q --upgrade pip
+	$(SOURCE_ENVS)/$*/bin/pip install -q -r $<
+	touch $@
+
+source-envs: $(foreach s,$(SOURCES),$(SOURCE_ENVS)/$(s)/.installed)
+
 demo: venv
 	$(BIN)/python -m cvzoo demo
 
-test: venv
+test: venv source-envs
 	$(BIN)/python -m pytest -q -ra --timeout=1800 $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out
+	rm -rf $(VENV) $(SOURCE_ENVS) build *.egg-info .pytest_cache demo-out

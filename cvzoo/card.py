@@ -10,13 +10,13 @@ from importlib import resources
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import CvzooError
 from .labels import load_label_set
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos"]
-CheckpointFormat = Literal["timm", "ucbdrive", "vovnet_v1", "lukemelas_lite"]
+CheckpointFormat = Literal["timm", "ucbdrive", "vovnet_v1", "lukemelas_lite", "mmcls", "ppcls"]
 
 
 class _Strict(BaseModel):
@@ -42,19 +42,43 @@ class WeightsSource(_Strict):
 
 
 class Preprocessing(_Strict):
-    """Everything needed to turn an image into the model's input tensor."""
+    """Everything needed to turn an image into the model's input tensor.
+
+    Defaults are timm's eval transform (torchvision rules). Sources with other rules say so: mmcls and
+    PaddleClas give the short side outright (`resize_short`) and decode with OpenCV, which applies the
+    EXIF orientation; PaddleClas also resizes with OpenCV (no antialiasing), rounds the long side and
+    floors the crop offset.
+    """
     input_size: int
-    crop_pct: float
+    crop_pct: float  # input_size / resize_short; the short side is floor(input_size / crop_pct) unless given
     interpolation: Interpolation
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize_short: Optional[int] = None
+    resampler: Literal["pillow", "opencv"] = "pillow"  # Pillow (antialiased) or cv2.resize semantics
+    long_side: Literal["floor", "round"] = "floor"  # long side = floor|round(short * long / short_in)
+    crop_offset: Literal["round", "floor"] = "round"  # center-crop offset = round|floor((H - size) / 2)
+    exif_orientation: bool = False  # rotate by the EXIF tag first, as OpenCV's decoder does (PIL/timm do not)
     color_order: Literal["RGB"] = "RGB"
     layout: Literal["NCHW"] = "NCHW"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _crop_pct_from_resize(cls, v):
+        if isinstance(v, dict) and v.get("resize_short"):  # the stated short side wins over family crop_pct
+            v = {**v, "crop_pct": round(v["input_size"] / v["resize_short"], 4)}
+        return v
+
+    @model_validator(mode="after")
+    def _opencv_is_bilinear(self):
+        if self.resampler == "opencv" and self.interpolation != "bilinear":
+            raise ValueError("resampler 'opencv' is implemented for bilinear (cv2.INTER_LINEAR) only")
+        return self
+
     @property
     def resize_size(self) -> int:
-        """Short side after resize, as timm and the seeds compute it."""
-        return math.floor(self.input_size / self.crop_pct)
+        """Short side after resize, as timm and the seeds compute it (or as the source states it)."""
+        return self.resize_short or math.floor(self.input_size / self.crop_pct)
 
 
 class ModelCard(_Strict):
@@ -94,7 +118,8 @@ class ModelCard(_Strict):
         return next((r for r in self.published if r.source == source), None)
 
 
-_PREPROC_KEYS = {"input_size", "crop_pct", "interpolation"}
+_PREPROC_KEYS = {"input_size", "crop_pct", "interpolation", "resize_short", "resampler", "long_side", "crop_offset",
+                 "exif_orientation"}
 
 
 def _read_yaml(name: str) -> dict:

@@ -18,13 +18,17 @@ _SHOWN = 6  # keys listed per category in an error line
 
 
 def read_state_dict(path: Path, use_ema: bool = False) -> StateDict:
-    """Read a .pth/.pth.tar/.pt/.safetensors file into a float32 state dict without running any code."""
+    """Read a .pth/.pth.tar/.pt/.safetensors/.pdparams file into a float32 state dict without running any
+    code."""
     path = Path(path)
     if not path.is_file():
         raise CvzooError(f"{path}: checkpoint file not found")
     if path.stat().st_size == 0:
         raise CvzooError(f"{path}: checkpoint file is empty")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".pdparams":
+        from .pdparams import read_pdparams
+        obj = {k: torch.from_numpy(v.copy()) for k, v in read_pdparams(path).items()}
+    elif path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
@@ -87,6 +91,9 @@ def load_weights(model: torch.nn.Module, card: ModelCard, path: Path, checkpoint
     unknown = [f for f in formats if f not in CONVERTERS]
     if unknown:
         raise CvzooError(f"unknown checkpoint format '{unknown[0]}' (known: {', '.join(CONVERTERS)})")
+    if Path(path).suffix == ".pdparams" and "ppcls" not in formats:
+        raise CvzooError(f"{path}: a PaddleClas .pdparams checkpoint, but {card.name} takes "
+                         f"{'/'.join(formats)} checkpoints{_sibling_hint(card, 'ppcls')}")
     raw = read_state_dict(path, use_ema=use_ema)
     target = model.state_dict()
     best = None
@@ -105,6 +112,12 @@ def load_weights(model: torch.nn.Module, card: ModelCard, path: Path, checkpoint
     hint = _classes_hint(model, raw, card)
     raise CvzooError(f"{path}: does not fit {card.name} ({card.arch}) as a {fmt} checkpoint{hint}: "
                      + "; ".join(parts))
+
+
+def _sibling_hint(card: ModelCard, fmt: str) -> str:
+    from .card import list_models
+    names = [c.name for c in list_models() if c.arch == card.arch and fmt in c.checkpoint]
+    return f"; use {' or '.join(names)}" if names else ""
 
 
 def _classes_hint(model: torch.nn.Module, raw: StateDict, card: ModelCard) -> str:

@@ -52,7 +52,10 @@ def info(name: str):
     if card.arch_kwargs:
         console.print(f"arch config: {card.arch_kwargs}")
     console.print(f"classes: {card.num_classes} ({card.labels})  checkpoint formats: {', '.join(card.checkpoint)}")
-    console.print(f"preprocessing: resize short side {p.resize_size} ({p.interpolation}) -> center-crop "
+    rules = f"{p.resampler} {p.interpolation}" + (", EXIF orientation applied" if p.exif_orientation else "")
+    if (p.long_side, p.crop_offset) != ("floor", "round"):
+        rules += f", long side {p.long_side}ed, crop offset {p.crop_offset}ed"
+    console.print(f"preprocessing: resize short side {p.resize_size} ({rules}) -> center-crop "
                   f"{p.input_size} (crop_pct {p.crop_pct}) -> /255 -> mean {list(p.mean)} std {list(p.std)}")
     weights = find_default_weights(card)
     console.print(f"default weights: {weights or (card.weights.model_dump(exclude_none=True) if card.weights else 'none')}")
@@ -81,8 +84,8 @@ def profile(name: str, size: Optional[int] = typer.Option(None, help="input size
     table = Table(title=f"{card.name} @ {prof.input_size}")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_column("published (timm)", justify="right")
-    row = card.published_row("timm")
+    row = card.published_row("timm") or (card.published[0] if card.published else None)
+    table.add_column(f"published ({row.source if row else '-'})", justify="right")
     same = row is not None and row.input_size == prof.input_size
     table.add_row("params (M), all", f"{prof.params_m:.3f}", "")
     table.add_row("GMACs (conv/linear/matmul)", f"{prof.gmacs:.3f}", "")

@@ -65,9 +65,67 @@ def lukemelas_lite(sd: StateDict, target: StateDict) -> StateDict:
     return out
 
 
+_MMCLS_RENAMES = [
+    (re.compile(r"^stem\.(?:0\.)?(conv|bn)\."), r"stem.conv1.\1."),  # CSPResNet: stem.0.*, CSPDarkNet: stem.*
+    (re.compile(r"\.downsample_conv\."), ".conv_down."),
+    (re.compile(r"\.expand_conv\."), ".conv_exp."),
+    (re.compile(r"\.atfer_blocks_conv\."), ".conv_transition_b."),  # sic: mmpretrain's spelling
+    (re.compile(r"\.final_conv\."), ".conv_transition."),
+    # ResNet/ResNeXt bottlenecks keep bare convs and norms (conv1, bn1); timm wraps each pair (conv1.conv/.bn)
+    (re.compile(r"(\.blocks\.\d+)\.conv(\d)\.weight$"), r"\1.conv\2.conv.weight"),
+    (re.compile(r"(\.blocks\.\d+)\.bn(\d)\."), r"\1.conv\2.bn."),
+]
+
+
+def mmcls(sd: StateDict, target: StateDict) -> StateDict:
+    """mmcls / mmpretrain ImageClassifier checkpoints (`backbone.stages.0.expand_conv.conv.weight`,
+    `head.fc.weight`) of CSPResNet / CSPResNeXt / CSPDarkNet, which mmcls converted from timm: the same
+    network under other names."""
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("backbone."):
+            key = key[len("backbone."):]
+            for pattern, repl in _MMCLS_RENAMES:
+                key = pattern.sub(repl, key)
+        out[key] = value  # `head.fc.*` is already timm's name; anything else is reported by strict loading
+    return out
+
+
+_PADDLE_BN = {"_mean": "running_mean", "_variance": "running_var"}
+
+
+def ppcls(sd: StateDict, target: StateDict) -> StateDict:
+    """PaddleClas state dicts (`.pdparams`): timm's module names (PaddleClas ported these nets from timm
+    and ucbdrive) with Paddle's BatchNorm statistic names, nn.Linear weights stored [in, out], and the
+    classifier at the top level (`fc`) where timm's CSPNet has `head.fc`."""
+    out = {}
+    for key, value in sd.items():
+        module, _, leaf = key.rpartition(".")
+        key = f"{module}.{_PADDLE_BN.get(leaf, leaf)}"
+        if leaf == "weight" and value.ndim == 2:
+            value = value.t().contiguous()  # Paddle's Linear computes x @ W with W [in, out]
+        if key not in target and f"head.{key}" in target:
+            key = f"head.{key}"
+        out[key] = value
+    return with_bn_counters(out, target)
+
+
+def with_bn_counters(sd: StateDict, target: StateDict) -> StateDict:
+    """Add the `num_batches_tracked` counters PyTorch's BatchNorm keeps and other frameworks do not
+    (eval never reads them), for every BN whose statistics the checkpoint does carry."""
+    out = dict(sd)
+    for key, ref in target.items():
+        if key.endswith(".num_batches_tracked") and key not in out \
+                and key.replace("num_batches_tracked", "running_mean") in out:
+            out[key] = torch.zeros_like(ref)
+    return out
+
+
 CONVERTERS: dict[str, Callable[[StateDict, StateDict], StateDict]] = {
     "timm": timm_identity,
     "ucbdrive": ucbdrive_dla,
     "vovnet_v1": vovnet_v1,
     "lukemelas_lite": lukemelas_lite,
+    "mmcls": mmcls,
+    "ppcls": ppcls,
 }

@@ -30,14 +30,23 @@ def test_seed_table_rows_are_all_there():
     # seed tables: 2 vovnet + 7 cspnet + 31 dla (12 timm, 9 ppcls, 10 ucbdrive) + 3 efficientnetv2 rows
     rows = [(c.name, r.source) for c in list_models() for r in c.published if r.dataset == "imagenet-val"]
     assert len(rows) == 2 + 7 + 31 + 3
-    assert get_card("cspdarknet53").published_row("ppcls").params_m == 41.6
+    assert get_card("cspdarknet53.ppcls").published_row("ppcls").params_m == 41.6
     assert get_card("dla34").published_row("ucbdrive").flops_g == 6.875
+    # a row sits on the card whose weights it describes: mmcls / ppcls rows on those sources' cards
+    assert all(r.source == "mmcls" for c in list_models() if "mmcls" in c.checkpoint for r in c.published)
+    assert all(r.source == "ppcls" for c in list_models() if "ppcls" in c.checkpoint for r in c.published)
+    assert not get_card("cspresnet50").published_row("mmcls") and not get_card("dla34").published_row("ppcls")
 
 
 def test_card_preprocessing_follows_seeds():
     assert get_card("cspresnet50").preprocessing.resize_size == 288  # floor(256 / 0.887)
     assert get_card("dla34").preprocessing.resize_size == 256
     assert get_card("ese_vovnet39b").preprocessing.resize_size == 256  # seed: Resize(256), CenterCrop(224)
+    # the sources' own eval configs: mmcls ResizeEdge(288) -> CenterCrop(256); ppcls resize_short 256 -> 224
+    mm, pp = get_card("cspresnet50.mmcls").preprocessing, get_card("dla34.ppcls").preprocessing
+    assert (mm.resize_size, mm.input_size, mm.interpolation, mm.resampler) == (288, 256, "bicubic", "pillow")
+    assert (pp.resize_size, pp.input_size, pp.resampler, pp.long_side, pp.crop_offset) == \
+        (256, 224, "opencv", "round", "floor")
     lite = get_card("tf_efficientnet_lite0").preprocessing
     assert lite.mean == (0.5, 0.5, 0.5) and lite.interpolation == "bicubic"
     fx = get_card("dla34-imagenette")
