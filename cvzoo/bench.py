@@ -59,7 +59,16 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
     counters = [Counter(i, process) for i in range(instances)]
     start = threading.Barrier(instances)
 
+    failures: list[BaseException] = []
+
     def loop(k: int) -> None:
+        try:
+            measure(k)
+        except BaseException as e:  # a thread's exception would otherwise vanish (and leave no runs)
+            failures.append(e)
+            start.abort()  # release the other instances from the barrier
+
+    def measure(k: int) -> None:
         eng, c = engines[k], counters[k]
         start.wait()
         t_end = time.perf_counter() + warmup
@@ -81,6 +90,10 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
         w.join()
     for e in engines:
         e.close()
+    real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
+    if real:
+        raise CvzooError(f"{art.name}: engine '{engine}' failed during the benchmark: "
+                         f"{type(real[0]).__name__}: {str(real[0]).strip().splitlines()[0] if str(real[0]).strip() else ''}")
     return counters
 
 
@@ -179,7 +192,7 @@ def torch_eager_ips(art: Artifact, batch: int, threads: int, warmup: float, dura
 def torch_gpu_baselines(art: Artifact, batch: int, warmup: float, duration: float) -> dict:
     """On a GPU, the two bars issue 7 names: timm's benchmark way (eager, AMP fp16, channels-last) and
     plain torch.compile (default mode) of the same. Written for the torch-cuda engine; measured only where
-    a GPU exists (not on the CI or development machines)."""
+    a GPU exists (not on the CI machine)."""
     import torch
 
     from .card import ModelCard
@@ -240,6 +253,9 @@ def bench(model: Union[str, Path], engine: str = "onnxruntime", batches: Sequenc
             r.update({f"torch_{k}": v for k, v in base.items()})
             r["speedup_vs_timm_eager_amp"] = r["throughput_ips"] / base["timm_eager_amp_fp16"]["throughput_ips"]
             r["speedup_vs_torch_compile"] = r["throughput_ips"] / base["torch_compile_fp16"]["throughput_ips"]
+            r["note"] = ("torch-cuda numbers include the float32 batch's trip from pinned host memory and the "
+                         "logits' way back; the torch baselines run on device-resident input "
+                         "(benchmarks/gpu_torch_cuda.py compares all three on device-resident input)")
         elif vs_torch:
             t = torch_eager_ips(art, b, cores, warmup, duration or 3.0)
             r["torch_eager_fp32"] = t

@@ -136,6 +136,21 @@ def base_manifest(card: ModelCard, size: int, weights: Optional[Path], batch: Un
     }
 
 
+def source_model(card: ModelCard, weights: Optional[Path], size: int, checkpoint_format: str = "auto"
+                 ) -> torch.nn.Module:
+    """The PyTorch model an artifact is exported from, reproducible from its manifest (the torch-cuda
+    engine rebuilds it): the checkpoint's weights, or a seeded random init with BatchNorm statistics
+    from the shipped photos and seeded noise."""
+    if weights is not None:
+        return create_model(card, weights=weights, checkpoint_format=checkpoint_format)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model(card)
+    photos = torch.from_numpy(demo_batch(card, size))
+    noise = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return set_bn_statistics(model, torch.cat([photos, noise]))
+
+
 def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, out: Union[None, str, Path] = None,
            size: Optional[int] = None, opset: int = DEFAULT_OPSET, batch: Union[str, int] = "dynamic",
            simplify: bool = True, force: bool = False, checkpoint_format: str = "auto") -> Path:
@@ -146,11 +161,7 @@ def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, 
     if batch != "dynamic" and int(batch) < 1:
         raise CvzooError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     wpath = resolve_default_weights(card) if str(weights) == "default" else (Path(weights) if weights else None)
-    model = create_model(card, weights=wpath, checkpoint_format=checkpoint_format)
-    if wpath is None:
-        photos = torch.from_numpy(demo_batch(card, size))
-        noise = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
-        set_bn_statistics(model, torch.cat([photos, noise]))
+    model = source_model(card, wpath, size, checkpoint_format)
     out = Path(out or f"artifacts/{card.name}-{size}-fp32")
     with atomic_dir(out, force=force) as tmp:
         onnx_path = tmp / "model.onnx"

@@ -35,7 +35,7 @@ def build_model(card: ModelCard) -> torch.nn.Module:
     return model.eval()
 
 
-RANDOM_INIT_NOTE = ("timm init + BatchNorm statistics from the shipped demo photos and 8 seeded N(0,1) "
+RANDOM_INIT_NOTE = ("timm init (torch seed 0) + BatchNorm statistics from the shipped demo photos and 8 seeded N(0,1) "
                     "images (no checkpoint)")
 
 

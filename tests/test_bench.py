@@ -50,6 +50,26 @@ def test_two_instances_run_concurrently(artifacts):
     _sane(r)
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+def test_an_engine_failing_mid_benchmark_is_one_clear_error(artifacts, monkeypatch, instances):
+    """An exception in an instance's thread must surface (it once vanished and left a ZeroDivisionError).
+    The failing engine is a stand-in: a real kernel failure cannot be provoked on demand."""
+    import cvzoo.bench as bench_mod
+
+    class Failing:
+        def run(self, x):
+            raise RuntimeError("simulated kernel failure")
+
+        def close(self):
+            pass
+    monkeypatch.setattr(bench_mod, "load_engine", lambda *a, **k: Failing())
+    art = Artifact.load(artifacts("dla46_c", weights=None))
+    with pytest.raises(CvzooError, match="engine 'onnxruntime' failed during the benchmark: RuntimeError: "
+                                         "simulated kernel failure"):
+        bench_batch(art, "onnxruntime", 1, instances=instances, processes=1, threads=1, warmup=0.1, duration=0.5,
+                    iterations=None, seed=0)
+
+
 def test_two_processes(artifacts):
     art = Artifact.load(artifacts("dla46_c", weights=None))
     r = bench_batch(art, "onnxruntime", 1, instances=1, processes=2, threads=1, warmup=0.1, duration=None,
@@ -98,14 +118,37 @@ def test_openvino_engine_runs_fp32_and_matches_ort(artifacts):
 
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU (none on CI)")
-def test_torch_cuda_engine_matches_ort(artifacts):
+@pytest.mark.parametrize("name, weights", [("ese_vovnet19b_dw-imagenette", "default"), ("dla46_c", None)])
+def test_torch_cuda_engine_matches_ort(name, weights, artifacts):
+    """Trained fixture weights, and a random-init export (the engine must rebuild the same seeded network)."""
     import numpy as np
     from cvzoo.engines import load_engine
-    art = artifacts("tf_efficientnet_lite0")
-    x = np.random.default_rng(0).standard_normal((4, 3, 224, 224), dtype=np.float32)
+    art = artifacts(name, weights=weights)
+    size = 112 if name.endswith("imagenette") else 224
+    x = np.random.default_rng(0).standard_normal((16, 3, size, size), dtype=np.float32)
     a = load_engine(art, "onnxruntime").run(x)
-    b = load_engine(art, "torch-cuda").run(x)
-    assert (a.argmax(1) == b.argmax(1)).all()
+    gpu = load_engine(art, "torch-cuda")
+    for batch in (x[:4], x):  # CUDA-graph path (b <= 8) and the plain compiled path
+        b = gpu.run(batch)
+        ref = a[:len(batch)]
+        # fp16 vs fp32, measured on an H100: 2.7% for random-init dla46_c (flat logits); another
+        # network (a wrong rebuild) would be ~100%
+        assert np.linalg.norm(b - ref) / np.linalg.norm(ref) < 5e-2
+        if weights == "default":  # trained: confident predictions must agree
+            assert (b.argmax(1) == ref.argmax(1)).mean() >= 0.9
+
+
+def test_openvino_instances_sharing_the_cores_are_not_pinned(artifacts):
+    """OpenVINO pins its threads to the first cores: two 1-thread instances both landed on core 0 (measured:
+    2 x 17.8 img/s, no more than one instance alone). Instances with fewer threads than cores now float."""
+    pytest.importorskip("openvino")
+    from cvzoo.engines import load_engine, physical_cores
+    art = Artifact.load(artifacts("dla46_c", weights=None))
+    whole = load_engine(art, "openvino", threads=physical_cores())
+    assert whole.compiled.get_property("ENABLE_CPU_PINNING") is True
+    if physical_cores() > 1:
+        shared = load_engine(art, "openvino", threads=1)
+        assert shared.compiled.get_property("ENABLE_CPU_PINNING") is False
 
 
 def test_openvino_runs_the_qdq_int8_artifact(tmp_path):

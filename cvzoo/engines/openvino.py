@@ -22,9 +22,12 @@ class OpenVinoEngine:
             model = core.read_model(str(artifact.model_path))
             # OpenVINO's CPU plugin defaults to bf16 where the CPU has it: pin f32 so an fp32 artifact
             # (and the float parts of a QDQ int8 one) run as built
+            # OpenVINO pins its threads to cores; instances that share the machine (fewer threads than
+            # cores each) would all be pinned to the same first cores, so they float instead
             self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads,
                                                               "PERFORMANCE_HINT": hint,
-                                                              "INFERENCE_PRECISION_HINT": "f32"})
+                                                              "INFERENCE_PRECISION_HINT": "f32",
+                                                              "ENABLE_CPU_PINNING": self.threads >= physical_cores()})
         except Exception as e:
             raise CvzooError(f"{artifact.model_path}: OpenVINO cannot compile it: {str(e).splitlines()[0]}") from None
         self.request = self.compiled.create_infer_request()
