@@ -6,6 +6,7 @@ own eval preprocessing of real photos). Here cvzoo, without those libraries, con
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -138,6 +139,15 @@ def test_source_checkpoint_through_export_and_onnxruntime(paddle_dump, mm_dump, 
         ref = np.load(ckpt.with_suffix(".npz"))
         logits = load_engine(out, "onnxruntime").run(ref["input"])
         assert float(np.abs(logits - ref["logits"]).max()) <= 1e-4
+        # the artifact carries the source's preprocessing rules, and predict runs on it
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["preprocessing"] == get_card(card).preprocessing.model_dump(mode="json")
+        assert manifest["vdsp_params"]["exif_orientation"] is True
+        jsonl = tmp_path / f"{card}.jsonl"
+        run = subprocess.run([sys.executable, "-m", "cvzoo", "predict", str(out), *map(str, demo_images()),
+                              "--jsonl", str(jsonl)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert len(jsonl.read_text().splitlines()) == len(demo_images())
 
 
 # --- .pdparams files are data: only arrays come out, nothing else gets in ------------------------------
