@@ -265,7 +265,7 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
         weights = Path(cfg.weights)
         if not weights.is_file():
             raise CvzooError(f"{weights}: weights file not found")
-    pre = card.preprocessing.model_copy(update={"input_size": size})
+    pre = card.preprocessing.at_size(size)
     calib_files: list[Path] = []
     if cfg.dtype == "int8" or (cfg.calibration and cfg.dtype == "fp16"):
         calib_files = select_files(cfg.calibration)

@@ -75,6 +75,14 @@ class Preprocessing(_Strict):
             raise ValueError("resampler 'opencv' is implemented for bilinear (cv2.INTER_LINEAR) only")
         return self
 
+    def at_size(self, size: int) -> "Preprocessing":
+        """The same preprocessing for another input size, keeping the crop ratio (a stated short side
+        scales with it)."""
+        if size == self.input_size:
+            return self
+        short = round(self.resize_short * size / self.input_size) if self.resize_short else None
+        return self.model_copy(update={"input_size": size, "resize_short": short})
+
     @property
     def resize_size(self) -> int:
         """Short side after resize, as timm and the seeds compute it (or as the source states it)."""

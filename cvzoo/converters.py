@@ -100,8 +100,8 @@ def ppcls(sd: StateDict, target: StateDict) -> StateDict:
     classifier at the top level (`fc`) where timm's CSPNet has `head.fc`."""
     out = {}
     for key, value in sd.items():
-        module, _, leaf = key.rpartition(".")
-        key = f"{module}.{_PADDLE_BN.get(leaf, leaf)}"
+        module, dot, leaf = key.rpartition(".")
+        key = f"{module}{dot}{_PADDLE_BN.get(leaf, leaf)}"
         if leaf == "weight" and value.ndim == 2:
             value = value.t().contiguous()  # Paddle's Linear computes x @ W with W [in, out]
         if key not in target and f"head.{key}" in target:

@@ -60,7 +60,7 @@ def demo_images() -> list[Path]:
 
 
 def demo_batch(card: ModelCard, size: int) -> np.ndarray:
-    pre = card.preprocessing.model_copy(update={"input_size": size})
+    pre = card.preprocessing.at_size(size)
     return np.stack([preprocess_image(p, pre) for p in demo_images()])
 
 
@@ -121,7 +121,7 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, card: ModelCard, size: 
 def base_manifest(card: ModelCard, size: int, weights: Optional[Path], batch: Union[str, int]) -> dict:
     """Everything a runtime needs, copied out of the card, so the artifact runs without the zoo."""
     from .preprocess import vdsp_params
-    pre = card.preprocessing.model_copy(update={"input_size": size})
+    pre = card.preprocessing.at_size(size)
     return {
         "name": card.name,
         "card": card.model_dump(mode="json"),

@@ -78,3 +78,12 @@ def test_timm_rows_match_measured_size(name, row):
         assert prof.thop_params_m == pytest.approx(row.params_m, rel=0.01)
     assert prof.params_m >= prof.thop_params_m  # thop skips a few parameter kinds, never adds
     assert 0 < prof.gmacs <= prof.thop_gmacs * 1.001
+
+
+def test_preprocessing_at_another_size_keeps_the_crop_ratio():
+    """export/build --size N: a stated short side (mmcls, ppcls) scales like timm's crop_pct rule."""
+    timm_rule, stated = get_card("dla34").preprocessing, get_card("dla34.ppcls").preprocessing
+    assert stated.at_size(224) is stated
+    assert timm_rule.at_size(192).resize_size == stated.at_size(192).resize_size == 219  # floor(192/0.875)
+    mm = get_card("cspresnet50.mmcls").preprocessing.at_size(320)
+    assert (mm.input_size, mm.resize_size, mm.resampler, mm.exif_orientation) == (320, 360, "pillow", True)
