@@ -7,9 +7,10 @@ import pickle
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
-from .card import ModelCard
+from .card import ModelCard, list_models
 from .converters import CONVERTERS, StateDict
 from .errors import CvzooError
 
@@ -27,7 +28,8 @@ def read_state_dict(path: Path, use_ema: bool = False) -> StateDict:
         raise CvzooError(f"{path}: checkpoint file is empty")
     if path.suffix == ".pdparams":
         from .pdparams import read_pdparams
-        obj = {k: torch.from_numpy(v.copy()) for k, v in read_pdparams(path).items()}
+        # unpickled arrays own writable memory: share it rather than copy the whole checkpoint again
+        obj = {k: torch.from_numpy(np.require(v, requirements="W")) for k, v in read_pdparams(path).items()}
     elif path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -115,7 +117,6 @@ def load_weights(model: torch.nn.Module, card: ModelCard, path: Path, checkpoint
 
 
 def _sibling_hint(card: ModelCard, fmt: str) -> str:
-    from .card import list_models
     names = [c.name for c in list_models() if c.arch == card.arch and fmt in c.checkpoint]
     return f"; use {' or '.join(names)}" if names else ""
 
