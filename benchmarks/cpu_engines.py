@@ -1,5 +1,6 @@
-"""CPU engine table: ONNX Runtime fp32/int8 and OpenVINO fp32/int8 vs PyTorch eager fp32, per seed model
-at its card size, batch 1 and 8; plus the int8 forms the build measured. Writes JSON (and prints Markdown).
+"""CPU engine table: ONNX Runtime fp32/int8 and OpenVINO fp32/int8/fp16/bf16 vs PyTorch eager fp32, per seed
+model at its card size, batch 1 and 8; plus the int8 forms the build measured. OpenVINO fp16/bf16 compute in
+that precision only where the CPU has it (AVX512-FP16, AMX / AVX512-BF16); the JSON says what ran. Writes JSON (and prints Markdown).
 
     python benchmarks/cpu_engines.py --out benchmarks/results/cpu_engines.json [--seconds 3]
 
@@ -48,15 +49,23 @@ def main() -> None:
             int8_qdq = build(parse_config({"model": name, "dtype": "int8", "workspace": ws, "engine": "openvino",
                                            "name": f"{name}-qdq", "guard": {"enabled": False},
                                            "calibration": {"path": args.calib, "count": 40}}), say=lambda m: None)
+            half = {tag: build(parse_config({"model": name, "dtype": tag, "workspace": ws, "engine": "openvino",
+                                             "name": f"{name}-ov-{tag}"}), say=lambda m: None)
+                    for tag in ("fp16", "bf16")} if "openvino" in engines else {}
             for b in (1, 8):
                 t = torch_eager_ips(Artifact.load(fp32), b, physical_cores(), 1.0, args.seconds)
                 row = {"model": name, "input_size": Artifact.load(fp32).preprocessing.input_size, "batch": b,
                        "torch_eager_fp32_ips": t["throughput_ips"]}
                 for engine in engines:
-                    for tag, art in (("fp32", fp32), ("int8", int8 if engine == "onnxruntime" else int8_qdq)):
+                    arts = {"fp32": fp32, "int8": int8 if engine == "onnxruntime" else int8_qdq}
+                    if engine == "openvino":
+                        arts.update(half)
+                    for tag, art in arts.items():
                         r = bench(art, engine=engine, batches=(b,), duration=args.seconds, warmup=1.0)["results"][0]
                         row[f"{engine}_{tag}_ips"] = r["throughput_ips"]
                         row[f"{engine}_{tag}_p50_ms"] = r["latency"]["p50_ms"]
+                        if r.get("inference_precision"):
+                            row[f"{engine}_{tag}_computes"] = r["inference_precision"]
                 best = max((k for k in row if k.endswith("_ips") and not k.startswith("torch")), key=row.get)
                 row["best"] = best.removesuffix("_ips")
                 row["best_vs_torch_eager"] = row[best] / row["torch_eager_fp32_ips"]
@@ -65,7 +74,8 @@ def main() -> None:
     report = {"machine": machine_info(), "seconds_per_point": args.seconds, "rows": rows, "int8_form_timings_b1_s": forms}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    cols = ["model", "input_size", "batch", "torch_eager_fp32_ips"] + [f"{e}_{t}_ips" for e in engines for t in ("fp32", "int8")] \
+    tags = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8", "fp16", "bf16")}
+    cols = ["model", "input_size", "batch", "torch_eager_fp32_ips"] + [f"{e}_{t}_ips" for e in engines for t in tags[e]] \
         + ["best", "best_vs_torch_eager"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:

@@ -130,6 +130,12 @@ class Artifact:
         return self.manifest.get("precision", "fp32")
 
     @property
+    def inference_precision(self) -> Optional[str]:
+        """f16 / bf16 when the build chose a compute precision for the engine to apply to an fp32 graph
+        (OpenVINO's inference precision); None when the model file's own types are what runs."""
+        return (self.manifest.get("runtime") or {}).get("inference_precision")
+
+    @property
     def input_name(self) -> str:
         return self.manifest["inputs"][0]["name"]
 

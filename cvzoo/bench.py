@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .artifact import Artifact, versions
-from .engines import ENGINES, load_engine, physical_cores
+from .engines import ENGINES, engine_for, load_engine, physical_cores
 from .errors import CvzooError
 
 
@@ -28,6 +28,7 @@ class Counter:
     instance: int
     process: int
     latencies: list[float] = field(default_factory=list)
+    inference_precision: Optional[str] = None  # what the engine computes in (OpenVINO may fall back to f32)
 
 
 def latency_stats(lat: Sequence[float]) -> dict:
@@ -47,7 +48,9 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores_usable": physical_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": " avx_vnni" in flags}
+            "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": " avx_vnni" in flags,
+            # what OpenVINO's fp16/bf16 builds compute with; without them it falls back to f32
+            "avx512_fp16": " avx512_fp16" in flags, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags}
 
 
 def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instances: int, warmup: float,
@@ -56,7 +59,7 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
     size = art.preprocessing.input_size
     engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
     x = np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32)
-    counters = [Counter(i, process) for i in range(instances)]
+    counters = [Counter(i, process, inference_precision=getattr(e, "inference_precision", None)) for i, e in enumerate(engines)]
     start = threading.Barrier(instances)
 
     failures: list[BaseException] = []
@@ -131,6 +134,7 @@ def bench_batch(art: Artifact, engine: str, batch: int, instances: int, processe
     all_lat = [t for c in counters for t in c.latencies]
     return {
         "batch": batch, "instances": instances, "processes": processes, "threads_per_instance": threads,
+        "inference_precision": counters[0].inference_precision,
         "runs": runs, "images": runs * batch, "seconds": window, "wall_seconds": round(wall, 3),
         "throughput_ips": runs * batch / window,
         "latency": latency_stats(all_lat),
@@ -216,15 +220,17 @@ def torch_gpu_baselines(art: Artifact, batch: int, warmup: float, duration: floa
     return out
 
 
-def bench(model: Union[str, Path], engine: str = "onnxruntime", batches: Sequence[int] = (1, 8), instances: int = 1,
+def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequence[int] = (1, 8), instances: int = 1,
           processes: int = 1, threads: Optional[int] = None, warmup: float = 1.0, duration: Optional[float] = 5.0,
           iterations: Optional[int] = None, size: Optional[int] = None, images: Optional[Path] = None,
           vs_torch: bool = False, seed: int = 0, weights: Optional[str] = None, progress=None) -> dict:
-    if engine not in ENGINES:
-        raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
-    if engine == "torch-cuda":
-        from .engines.torch_cuda import require_cuda
-        require_cuda()
+    def check(engine: Optional[str]) -> None:
+        if engine is not None and engine not in ENGINES:
+            raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
+        if engine == "torch-cuda":
+            from .engines.torch_cuda import require_cuda
+            require_cuda()
+    check(engine)  # before a zoo name is exported: a bad flag should not cost an export
     bad = [b for b in batches if b < 1]
     if bad or not batches:
         raise CvzooError(f"--batch values must be >= 1, got {','.join(map(str, batches)) or 'nothing'}")
@@ -234,6 +240,8 @@ def bench(model: Union[str, Path], engine: str = "onnxruntime", batches: Sequenc
         raise CvzooError("--iterations must be >= 1")
     from .predict import artifact_for
     art = Artifact.load(artifact_for(model, weights, size))
+    engine = engine_for(art, engine)
+    check(engine)
     cores = physical_cores()
     threads = threads or max(1, cores // (instances * processes))
     report = {"model": art.name, "artifact": str(art.folder), "precision": art.precision, "engine": engine,

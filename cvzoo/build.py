@@ -1,4 +1,4 @@
-"""`cvzoo build`: fp32 / fp16 / int8 engines from a config, with calibration and an accuracy guard.
+"""`cvzoo build`: fp32 / fp16 / bf16 / int8 engines from a config, with calibration and an accuracy guard.
 
 int8 uses ONNX Runtime static quantization (QDQ by default, so the same artifact feeds ORT, OpenVINO
 and TensorRT). The guard measures the quantized model against fp32 on held-out calibration images and,
@@ -254,7 +254,7 @@ def to_fp16(src: Path, dst: Path, keep_io_types: bool) -> None:
 def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
     """Validate everything first, then export fp32, convert/quantize, check fidelity, write the artifact."""
     from .checkpoint import resolve_default_weights
-    from .export import base_manifest, demo_images, export
+    from .export import base_manifest, export
 
     card = get_card(cfg.model)
     size = cfg.input_size or card.input_size
@@ -267,7 +267,7 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
             raise CvzooError(f"{weights}: weights file not found")
     pre = card.preprocessing.at_size(size)
     calib_files: list[Path] = []
-    if cfg.dtype == "int8" or (cfg.calibration and cfg.dtype == "fp16"):
+    if cfg.dtype == "int8" or (cfg.calibration and cfg.dtype in ("fp16", "bf16")):
         calib_files = select_files(cfg.calibration)
     out = Path(cfg.workspace) / cfg.artifact_name(size)
     if out.exists() and not force:
@@ -284,15 +284,8 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
         extra: dict = {}
         if cfg.dtype == "fp32":
             final = fp32
-        elif cfg.dtype == "fp16":
-            final = work / "model-fp16.onnx"
-            to_fp16(fp32, final, cfg.keep_io_types)
-            arrays = load_arrays(calib_files or demo_images(), pre)[0]
-            fid = measure_fidelity(run_logits(fp32, arrays), run_logits(final, arrays), None)
-            extra["fidelity"] = {"vs_fp32": fid.as_dict()}
-            extra["note"] = ("fp16 is for GPU engines; on CPU, ONNX Runtime computes most fp16 ops through "
-                             "casts and it is not faster than fp32")
-            say(f"fp16: agreement with fp32 {100 * fid.agreement:.1f}%, max|Δlogit| {fid.max_abs_diff:.4f}")
+        elif cfg.dtype in ("fp16", "bf16"):
+            final, extra = _build_half(cfg, card, pre, fp32_dir, weights, calib_files, work, say)
         else:
             final, extra = _build_int8(cfg, card, pre, fp32, work, input_name, calib_files, say)
         with atomic_dir(out, force=force) as dst:
@@ -301,7 +294,7 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
             manifest = base_manifest(card, size, weights, "dynamic")
             manifest.update({
                 "model_file": "model.onnx", "engine_format": "onnx", "opset": cfg.opset, "precision": cfg.dtype,
-                "engine": cfg.engine, "export": base["export"],
+                "engine": cfg.engine, "export": base["export"], **extra.pop("manifest", {}),
                 "build": {"config": json.loads(cfg.model_dump_json()), "seconds": round(time.perf_counter() - t0, 1),
                           **extra},
                 "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxconverter-common",
@@ -310,6 +303,55 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
             write_manifest(dst, manifest)
     say(f"wrote {out}")
     return out
+
+
+def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[Path], files: list[Path],
+                work: Path, say: Say) -> tuple[Path, dict]:
+    """fp16/bf16. For ONNX Runtime, an fp16 ONNX graph (for GPU execution providers: on CPU it computes through
+    casts and is not faster). For OpenVINO, the fp32 graph plus the inference precision OpenVINO applies when
+    it compiles (the fast path on CPUs with AVX512-FP16 or AMX). For torch-cuda the engine casts the network.
+    Fidelity vs fp32 is measured on the calibration images (or the demo photos) with the engine's arithmetic."""
+    from .export import demo_images
+    fp32 = fp32_dir / "model.onnx"
+    arrays = load_arrays(files or demo_images(), pre)[0]
+    ref = run_logits(fp32, arrays)
+    extra: dict = {}
+    if cfg.engine == "openvino":
+        from .engines import load_engine
+        wanted = {"fp16": "f16", "bf16": "bf16"}[cfg.dtype]
+        extra["manifest"] = {"runtime": {"inference_precision": wanted}}
+        probe = Artifact(fp32_dir, {**Artifact.load(fp32_dir).manifest, **extra["manifest"], "engine": "openvino"})
+        engine = load_engine(probe, "openvino")
+        got = np.concatenate([engine.run(arrays[i:i + 16]) for i in range(0, len(arrays), 16)])
+        extra["inference_precision_at_build"] = engine.inference_precision
+        if engine.inference_precision != wanted:
+            say(f"note: this CPU has no {wanted} compute (OpenVINO ran {engine.inference_precision}); the artifact "
+                f"asks for {wanted}, and the fidelity below is of {engine.inference_precision}")
+        final = fp32
+    elif cfg.engine == "torch-cuda" and cfg.dtype == "bf16":
+        import torch
+
+        from .export import source_model
+        model = source_model(card, weights, pre.input_size).to(torch.bfloat16)
+        with torch.inference_mode():  # bf16 arithmetic on the CPU: the GPU's rounding, not its kernels
+            got = np.concatenate([model(torch.from_numpy(arrays[i:i + 16]).to(torch.bfloat16)).float().numpy()
+                                  for i in range(0, len(arrays), 16)])
+        final = fp32
+    else:
+        final = work / "model-fp16.onnx"
+        to_fp16(fp32, final, cfg.keep_io_types)
+        got = run_logits(final, arrays)
+        if cfg.engine == "onnxruntime":
+            extra["note"] = ("fp16 ONNX is for GPU engines; on CPU, ONNX Runtime computes most fp16 ops through "
+                             "casts and it is not faster than fp32 (build with engine openvino for a fast CPU fp16)")
+    fid = measure_fidelity(ref, got, None)
+    extra["fidelity"] = {"vs_fp32": fid.as_dict()}
+    say(f"{cfg.dtype}: agreement with fp32 {100 * fid.agreement:.1f}% on {fid.images} images, "
+        f"max|Δlogit| {fid.max_abs_diff:.4f}")
+    if cfg.guard.enabled and fid.agreement < cfg.guard.min_agreement:
+        say(f"warning: {cfg.dtype} top-1 agreement {100 * fid.agreement:.1f}% is below the guard's "
+            f"{100 * cfg.guard.min_agreement:.1f}%; check accuracy with `cvzoo eval`, or build fp32")
+    return final, extra
 
 
 def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name: str, files: list[Path],

@@ -59,8 +59,10 @@ class BuildConfig(_Cfg):
     weights: Optional[str] = None  # checkpoint path, 'default', or none (random init)
     input_size: Optional[int] = Field(None, ge=32)
     engine: Literal["onnxruntime", "openvino", "torch-cuda"] = "onnxruntime"
-    dtype: Literal["fp32", "fp16", "int8"] = "fp32"
-    keep_io_types: bool = True  # fp16: keep float32 inputs/outputs
+    # fp16 for onnxruntime is an fp16 ONNX graph (for GPUs); fp16/bf16 for openvino keep the fp32 graph and
+    # have OpenVINO compute in that precision (fast on CPUs with AVX512-FP16 / AMX)
+    dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    keep_io_types: bool = True  # fp16 ONNX: keep float32 inputs/outputs
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     calibration: Optional[CalibrationConfig] = None
     guard: GuardConfig = Field(default_factory=GuardConfig)
@@ -72,6 +74,9 @@ class BuildConfig(_Cfg):
     def _needs_calibration(self):
         if self.dtype == "int8" and self.calibration is None:
             raise ValueError("dtype int8 needs a calibration set (calibration.path)")
+        if self.dtype == "bf16" and self.engine == "onnxruntime":
+            raise ValueError("dtype bf16 needs engine openvino (CPU) or torch-cuda: ONNX Runtime's CPU "
+                             "provider has no bf16 kernels")
         return self
 
     def artifact_name(self, size: int) -> str:
@@ -94,7 +99,8 @@ def _one_line(err: ValidationError, source: str) -> str:
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
         msg = f"unknown key '{loc}'{hint}"
     else:
-        msg = f"{loc}: {e['msg']}" if loc else e["msg"]
+        text = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        msg = f"{loc}: {text}" if loc else text
     more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
     return f"{source}: {msg}{more}"
 

@@ -139,7 +139,7 @@ def print_predictions_table(preds, title: str) -> None:
 
 
 def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, out: Optional[Path] = None,
-                jsonl: Optional[Path] = None, engine: str = "onnxruntime", threads: Optional[int] = None,
+                jsonl: Optional[Path] = None, engine: Optional[str] = None, threads: Optional[int] = None,
                 weights: Optional[str] = None, quiet: bool = False) -> int:
     from .postprocess import result_txt_lines, write_text_atomic
     from .predict import Predictor
@@ -166,10 +166,15 @@ def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, o
     if jsonl:
         write_text_atomic(jsonl, "".join(p.as_json() + "\n" for p in good))
     if not quiet:
-        print_predictions_table(good, f"{predictor.artifact.name} ({predictor.artifact.precision}, {engine})")
+        print_predictions_table(good, f"{predictor.artifact.name} ({predictor.artifact.precision}, {predictor.engine.name})")
     console.print(f"{len(good)} images predicted, {bad + len(errors)} skipped"
                   + (f"; wrote {out}" if out else "") + (f"; wrote {jsonl}" if jsonl else ""))
     return 0 if not (bad or errors) else 3
+
+
+def _engine_option():
+    return typer.Option(None, "--engine", "-e", help="onnxruntime | openvino | torch-cuda (default: the artifact's, "
+                                                     "from its build; onnxruntime for a model name)")
 
 
 @app.command()
@@ -179,7 +184,7 @@ def predict(model: str = typer.Argument(..., help="artifact directory or zoo mod
             batch: int = typer.Option(8, "--batch", "-b"),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="result.txt (the seeds' format)"),
             jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="JSON lines output"),
-            engine: str = typer.Option("onnxruntime", "--engine", "-e"),
+            engine: Optional[str] = _engine_option(),
             threads: Optional[int] = typer.Option(None, "--threads"),
             weights: Optional[str] = typer.Option(None, "--weights", "-w", help="with a model name: checkpoint or 'default'"),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no table")):
@@ -205,10 +210,10 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o")):
 
 @app.command()
 def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name"),
-          dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | int8"),
+          dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 | int8 (bf16: --engine openvino or torch-cuda)"),
           weights: Optional[str] = typer.Option(None, "--weights", "-w"),
           size: Optional[int] = typer.Option(None, "--size"),
-          engine: Optional[str] = typer.Option(None, "--engine", help="onnxruntime | openvino | torch-cuda"),
+          engine: Optional[str] = typer.Option(None, "--engine", help="onnxruntime | openvino | torch-cuda: the engine it is built for (predict/eval/bench default to it)"),
           calib: Optional[Path] = typer.Option(None, "--calib", help="calibration image folder"),
           count: Optional[int] = typer.Option(None, "--count", help="calibration images"),
           seed: Optional[int] = typer.Option(None, "--seed"),
@@ -225,7 +230,7 @@ def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name")
           workspace: Optional[Path] = typer.Option(None, "--workspace", "-o"),
           name: Optional[str] = typer.Option(None, "--name", help="artifact folder name"),
           force: bool = typer.Option(False, "--force")):
-    """Build an fp32 / fp16 / int8 engine artifact (the seeds' `vamc build`)."""
+    """Build an fp32 / fp16 / bf16 / int8 engine artifact (the seeds' `vamc build`)."""
     from .build import build as run_build
     from .buildconfig import load_config, parse_config
     is_file = target.endswith((".yaml", ".yml")) or Path(target).is_file()
@@ -255,7 +260,7 @@ def eval_cmd(model: str = typer.Argument(..., help="artifact directory or zoo mo
              workers: Optional[int] = typer.Option(None, "--workers", help="decode threads"),
              limit: Optional[int] = typer.Option(None, "--limit"),
              out: Path = typer.Option(Path("eval-out"), "--out", "-o"),
-             engine: str = typer.Option("onnxruntime", "--engine", "-e"),
+             engine: Optional[str] = _engine_option(),
              threads: Optional[int] = typer.Option(None, "--threads"),
              weights: Optional[str] = typer.Option(None, "--weights", "-w"),
              fresh: bool = typer.Option(False, "--fresh", help="discard earlier results in --out"),
@@ -319,7 +324,7 @@ def image2npz(src: Path = typer.Argument(...), dst: Path = typer.Argument(...),
 
 @app.command("bench")
 def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo model name"),
-              engine: str = typer.Option("onnxruntime", "--engine", "-e"),
+              engine: Optional[str] = _engine_option(),
               batch: str = typer.Option("1,8", "--batch", "-b", help="comma-separated batch sizes"),
               instances: int = typer.Option(1, "--instances", "-i"),
               processes: int = typer.Option(1, "--processes", "-p"),
@@ -347,7 +352,9 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
                    warmup=warmup, duration=None if iterations else (seconds or 5.0), iterations=iterations, size=size,
                    images=images, vs_torch=vs_torch, weights=weights,
                    progress=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
-    table = Table(title=f"{report['model']} ({report['precision']}, {engine}) on {report['machine']['cpu']}")
+    computes = report["results"][0].get("inference_precision")
+    table = Table(title=f"{report['model']} ({report['precision']}, {report['engine']}"
+                        + (f", computing {computes}" if computes else "") + f") on {report['machine']['cpu']}")
     for col in ("batch", "inst x proc", "img/s", "mean ms", "p50", "p90", "p99", "max", "vs torch eager"):
         table.add_column(col, justify="right")
     for r in report["results"]:

@@ -39,9 +39,11 @@ def _read_results(path: Path) -> dict[int, dict]:
     return done
 
 
-def _run_identity(art: Artifact, data: Path, labels: Optional[Path], samples: list[Sample], topk: int) -> dict:
+def _run_identity(art: Artifact, engine: str, data: Path, labels: Optional[Path], samples: list[Sample],
+                  topk: int) -> dict:
+    # the engine too: a resumed run must not mix, say, OpenVINO bf16 answers with ONNX Runtime fp32 ones
     return {"artifact": art.manifest["files"][art.manifest["model_file"]]["sha256"], "model": art.name,
-            "precision": art.precision, "data": str(Path(data).resolve()),
+            "precision": art.precision, "engine": engine, "data": str(Path(data).resolve()),
             "labels": str(labels) if labels else None, "samples": len(samples), "topk": topk}
 
 
@@ -75,7 +77,7 @@ def summarize(records: list[dict], class_names: list[str]) -> dict:
 
 def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Path], labels: Optional[Path] = None,
              batch: int = 32, workers: Optional[int] = None, limit: Optional[int] = None, topk: int = 5,
-             engine: str = "onnxruntime", threads: Optional[int] = None, weights: Optional[str] = None,
+             engine: Optional[str] = None, threads: Optional[int] = None, weights: Optional[str] = None,
              fresh: bool = False, progress: bool = True, on_batch: Optional[Callable[[int], None]] = None) -> dict:
     if batch < 1:
         raise CvzooError(f"--batch must be >= 1, got {batch}")
@@ -86,7 +88,7 @@ def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Pa
         samples = samples[:limit]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    identity = _run_identity(art, Path(data), labels, samples, topk)
+    identity = _run_identity(art, predictor.engine.name, Path(data), labels, samples, topk)
     run_file, results_file = out / RUN, out / RESULTS
     if fresh:
         results_file.unlink(missing_ok=True)
@@ -125,7 +127,7 @@ def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Pa
     records = [r for _, r in sorted(_read_results(results_file).items())]
     summary = summarize(records, art.class_names)
     summary.update({
-        "model": art.name, "precision": art.precision, "engine": engine, "artifact": str(art.folder),
+        "model": art.name, "precision": art.precision, "engine": predictor.engine.name, "artifact": str(art.folder),
         "artifact_sha256": identity["artifact"], "data": identity["data"],
         "throughput": {"images_this_session": processed, "seconds": round(seconds, 2),
                        "images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else None,

@@ -97,7 +97,7 @@ def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None
 class Predictor:
     """Runs an artifact on images. `model` is an artifact directory or a zoo model name."""
 
-    def __init__(self, model: Union[str, Path], engine: str = "onnxruntime", threads: Optional[int] = None,
+    def __init__(self, model: Union[str, Path], engine: Optional[str] = None, threads: Optional[int] = None,
                  weights: Union[None, str, Path] = None, size: Optional[int] = None, **engine_options):
         self.artifact = Artifact.load(artifact_for(model, weights, size))
         self.engine: Engine = load_engine(self.artifact, engine, threads=threads, **engine_options)

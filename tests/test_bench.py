@@ -171,3 +171,25 @@ def test_openvino_runs_the_qdq_int8_artifact(tmp_path):
     assert a.shape == b.shape == (len(x), 1000) and np.isfinite(b).all()
     # two int8 runtimes round differently; on real weights they agree on the answer
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.85
+
+
+def test_bench_defaults_to_the_engine_an_artifact_was_built_for(tmp_path):
+    """An artifact built for OpenVINO bf16 is benchmarked on OpenVINO without --engine, and the report says
+    what OpenVINO computed in (bf16 on CPUs with AMX/AVX512-BF16, else its f32 fallback)."""
+    pytest.importorskip("openvino")
+    from cvzoo.build import build
+    from cvzoo.buildconfig import parse_config
+    art = build(parse_config(dict(model="dla46_c", dtype="bf16", engine="openvino", workspace=str(tmp_path))),
+                say=lambda m: None)
+    out = tmp_path / "b.json"
+    proc = subprocess.run([sys.executable, "-m", "cvzoo", "bench", str(art), "-b", "2", "--iterations", "3",
+                           "--warmup", "0.1", "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(out.read_text())
+    r = rep["results"][0]
+    assert rep["engine"] == "openvino" and rep["precision"] == "bf16" and r["inference_precision"] in ("bf16", "f32")
+    assert r["inference_precision"] == Artifact.load(art).manifest["build"]["inference_precision_at_build"]
+    _sane(r)
+    proc = subprocess.run([sys.executable, "-m", "cvzoo", "bench", str(art), "-e", "onnxruntime", "--iterations", "1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "use --engine openvino" in proc.stderr and "Traceback" not in proc.stderr

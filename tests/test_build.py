@@ -133,10 +133,42 @@ def test_fp16_build(tmp_path):
     assert len(pred.ids) == 5
 
 
+HALF_CASES = [(name, "bf16") for name in MAX_DROP] + [("efficientnetv2_rw_t-imagenette", "fp16")]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name, dtype", HALF_CASES)
+def test_openvino_half_precision_keeps_fixture_accuracy(name, dtype, tmp_path, fp32_top1):
+    """fp16/bf16 for OpenVINO: the fp32 graph computed in half precision where the CPU has it (AVX512-FP16,
+    AMX/AVX512-BF16). Where it does not, OpenVINO computes f32, and the artifact must say so, not pretend."""
+    pytest.importorskip("openvino")
+    art = build(parse_config(dict(model=name, weights="default", dtype=dtype, engine="openvino", workspace=str(tmp_path),
+                                  calibration=dict(path=str(need(IMAGENET_SAMPLE)), suffix=[".JPEG"], count=50))),
+                say=lambda m: None)
+    m = Artifact.load(art).manifest
+    wanted = {"fp16": "f16", "bf16": "bf16"}[dtype]
+    assert m["precision"] == dtype and m["engine"] == "openvino" and m["runtime"] == {"inference_precision": wanted}
+    predictor = Predictor(art)  # the engine the artifact was built for, without --engine
+    assert predictor.engine.name == "openvino"
+    computes = predictor.engine.inference_precision
+    assert computes == m["build"]["inference_precision_at_build"] and computes in (wanted, "f32")
+    fid = m["build"]["fidelity"]["vs_fp32"]
+    assert fid["images"] == 50
+    # a half-precision run differs from fp32 a little; a silent f32 fallback not at all
+    assert (fid["max_abs_diff"] > 1e-3) if computes == wanted else (fid["max_abs_diff"] < 1e-3)
+    top1, ref = _top1(art, imagenette_files()), fp32_top1(name)
+    print(f"{name} openvino {dtype} (computes {computes}): top-1 {top1:.1f} vs fp32 {ref:.1f}; "
+          f"agreement on 50 ImageNet photos {100 * fid['agreement']:.0f}%, max|Δlogit| {fid['max_abs_diff']:.3f}")
+    assert ref - top1 <= 0.5
+    with pytest.raises(CvzooError, match="ONNX Runtime would run its fp32 graph instead"):
+        Predictor(art, engine="onnxruntime")
+
+
 @pytest.mark.parametrize("data,message", [
     (dict(model="dla35"), "unknown model 'dla35'"),
     (dict(model="dla34", weights="/nonexistent/dla34.pth"), "weights file not found"),
-    (dict(model="dla34", dtype="int4"), "dtype: Input should be 'fp32', 'fp16' or 'int8'"),
+    (dict(model="dla34", dtype="int4"), "dtype: Input should be 'fp32', 'fp16', 'bf16' or 'int8'"),
+    (dict(model="dla34", dtype="bf16"), "config: dtype bf16 needs engine openvino (CPU) or torch-cuda"),
     (dict(model="dla34", dtype="int8"), "needs a calibration set"),
     (dict(model="dla34", quantize=dict(calibrate_mod="entropy")), "unknown key 'quantize.calibrate_mod' (did you mean 'calibrate_mode'?)"),
     (dict(model="dla34", dtyp="int8"), "unknown key 'dtyp' (did you mean 'dtype'?)"),

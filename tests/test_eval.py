@@ -85,6 +85,9 @@ def test_resume_refuses_another_run(artifacts, tmp_path):
     evaluate(artifacts("tf_efficientnet_lite0"), imgs, tmp_path / "o", progress=False)
     with pytest.raises(CvzooError, match="holds results of a different run"):
         evaluate(artifacts("tf_efficientnet_lite0"), imgs, tmp_path / "o", progress=False, limit=2)
+    pytest.importorskip("openvino")
+    with pytest.raises(CvzooError, match=r"different run \(engine differ"):  # same artifact, another engine
+        evaluate(artifacts("tf_efficientnet_lite0"), imgs, tmp_path / "o", progress=False, engine="openvino")
 
 
 def test_bad_images_are_listed_not_dropped(artifacts, tmp_path):

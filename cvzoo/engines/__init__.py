@@ -40,11 +40,20 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load_engine(artifact: Union[str, Path, Artifact], engine: str = "onnxruntime", threads: Optional[int] = None,
-                **options) -> Engine:
+def engine_for(art: Artifact, engine: Optional[str] = None) -> str:
+    """The engine asked for, else the one the artifact was built for (its manifest says), else ONNX Runtime."""
+    engine = engine or art.get("engine") or "onnxruntime"
     if engine not in ENGINES:
         raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
+    return engine
+
+
+def load_engine(artifact: Union[str, Path, Artifact], engine: Optional[str] = None, threads: Optional[int] = None,
+                **options) -> Engine:
+    if engine is not None and engine not in ENGINES:  # before touching the artifact: the flag is the problem
+        raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(Path(artifact))
+    engine = engine_for(art, engine)
     try:
         module = import_module(ENGINES[engine])
     except ImportError as e:

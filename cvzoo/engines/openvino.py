@@ -1,4 +1,5 @@
-"""OpenVINO CPU engine (pip install 'cvzoo[openvino]'): runs the fp32 ONNX and the QDQ int8 artifact."""
+"""OpenVINO CPU engine (pip install 'cvzoo[openvino]'): runs the fp32 ONNX, the QDQ int8 artifact, and the
+fp16/bf16 builds for it (an fp32 ONNX that OpenVINO computes in the precision the manifest names)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -17,19 +18,22 @@ class OpenVinoEngine:
         from . import physical_cores
         self.artifact = artifact
         self.threads = threads or physical_cores()
+        # OpenVINO's CPU plugin defaults to bf16 where the CPU has it: an artifact runs in the precision it
+        # was built and verified for (f32 unless its build asked for f16/bf16, which need AVX512-FP16 / AMX
+        # or AVX512-BF16; without them the plugin computes f32, and `inference_precision` says so)
+        requested = artifact.inference_precision or "f32"
         core = ov.Core()
         try:
             model = core.read_model(str(artifact.model_path))
-            # OpenVINO's CPU plugin defaults to bf16 where the CPU has it: pin f32 so an fp32 artifact
-            # (and the float parts of a QDQ int8 one) run as built
             # OpenVINO pins its threads to cores; instances that share the machine (fewer threads than
             # cores each) would all be pinned to the same first cores, so they float instead
             self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads,
                                                               "PERFORMANCE_HINT": hint,
-                                                              "INFERENCE_PRECISION_HINT": "f32",
+                                                              "INFERENCE_PRECISION_HINT": requested,
                                                               "ENABLE_CPU_PINNING": self.threads >= physical_cores()})
         except Exception as e:
             raise CvzooError(f"{artifact.model_path}: OpenVINO cannot compile it: {str(e).splitlines()[0]}") from None
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # f32/f16/bf16
         self.request = self.compiled.create_infer_request()
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -27,10 +27,12 @@ class TorchCudaEngine:
     launch overhead dominates. max-autotune measured no faster here and compiles ~40x longer."""
     name = "torch-cuda"
 
-    def __init__(self, artifact: Artifact, threads: Optional[int] = None, dtype: str = "fp16",
+    def __init__(self, artifact: Artifact, threads: Optional[int] = None, dtype: Optional[str] = None,
                  small_batch_graphs: bool = True):
         torch = require_cuda()
         self.artifact, self.torch, self.threads = artifact, torch, threads
+        dtype = dtype or ("bf16" if artifact.precision == "bf16" else "fp16")  # fp16 unless built for bf16
+        self.inference_precision = dtype
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
         model = source_model_of(artifact).cuda().eval().to(memory_format=torch.channels_last).to(self.dtype)
         # one static graph per batch size (dynamic=False): after batch 1, batch 8 would otherwise recompile
