@@ -379,7 +379,7 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
 
 @app.command()
 def sweep(models: str = typer.Option(..., "--models", help="comma-separated model names"),
-          dtypes: str = typer.Option("fp32,int8", "--dtypes"),
+          dtypes: str = typer.Option("fp32,int8", "--dtypes", help="fp32, fp16, bf16, int8 (bf16: --engine openvino)"),
           data: Path = typer.Option(..., "--data", help="labelled evaluation data"),
           calib: Optional[Path] = typer.Option(None, "--calib"),
           count: int = typer.Option(200, "--count", help="calibration images"),
@@ -387,19 +387,21 @@ def sweep(models: str = typer.Option(..., "--models", help="comma-separated mode
           weights: Optional[str] = typer.Option("default", "--weights"),
           bench: bool = typer.Option(False, "--bench"),
           limit: Optional[int] = typer.Option(None, "--limit"),
+          engine: str = typer.Option("onnxruntime", "--engine", "-e", help="the engine every artifact is built for "
+                                     "(openvino: fp16/bf16 computed in half precision where the CPU has it)"),
           out: Path = typer.Option(Path("sweep-out"), "--out", "-o"),
           ray: Optional[str] = typer.Option(None, "--ray", help="Ray address, or 'local' for a local Ray", show_default=False)):
     """Build, evaluate (and bench) each model x precision; write the zoo table (MD, CSV) and a Pareto plot."""
     from .sweep import sweep as run
     table = run([m for m in models.split(",") if m], [d for d in dtypes.split(",") if d], data, out, calib=calib,
                 bench=bench, use_ray=ray is not None, ray_address=None if ray in (None, "local") else ray,
-                count=count, calibrate_mode=calibrate_mode, weights=weights, limit=limit,
+                count=count, calibrate_mode=calibrate_mode, weights=weights, limit=limit, engine=engine,
                 say=lambda m: console.print(m, highlight=False))
     t = Table(title="zoo table")
-    for col in ("model", "precision", "top1", "top5", "Δ vs fp32", "img/s", "params(M)", "GMACs", "input"):
-        t.add_column(col, justify="left" if col in ("model", "precision") else "right")
+    for col in ("model", "precision", "engine", "top1", "top5", "Δ vs fp32", "img/s", "params(M)", "GMACs", "input"):
+        t.add_column(col, justify="left" if col in ("model", "precision", "engine") else "right")
     for r in table:
-        t.add_row(r["model"], r["precision"], str(r["top1"]), str(r["top5"]), str(r["delta_top1_vs_fp32"]),
+        t.add_row(r["model"], r["precision"], r["engine"], str(r["top1"]), str(r["top5"]), str(r["delta_top1_vs_fp32"]),
                   str(r["ips"]), str(r["params_m"]), str(r["gmacs"]), str(r["input_size"]))
     console.print(t)
     console.print(f"wrote {out}/zoo_table.md, zoo_table.csv, pareto.png")

@@ -26,10 +26,11 @@ class Job:
     bench: bool = False
     bench_seconds: float = 2.0
     limit: Optional[int] = None
+    engine: str = "onnxruntime"
 
     @property
-    def key(self) -> str:
-        return f"{self.model}-{self.dtype}"
+    def key(self) -> str:  # the engine is part of it: a cached result is only reused for the same engine
+        return f"{self.model}-{self.dtype}" + ("" if self.engine == "onnxruntime" else f"-{self.engine}")
 
     @property
     def result_path(self) -> Path:
@@ -45,7 +46,7 @@ def run_job(job: Job) -> dict:
     from .evaluate import evaluate
     from .profile import profile_model
     cfg = {"model": job.model, "weights": job.weights, "dtype": job.dtype, "workspace": str(Path(job.out) / "artifacts"),
-           "quantize": {"calibrate_mode": job.calibrate_mode}}
+           "engine": job.engine, "name": job.key, "quantize": {"calibrate_mode": job.calibrate_mode}}
     if job.dtype == "int8":
         if not job.calib:
             raise CvzooError(f"{job.key}: int8 needs --calib DIR")
@@ -55,6 +56,7 @@ def run_job(job: Job) -> dict:
     card = get_card(job.model)
     prof = profile_model(card)
     row = {"model": job.model, "source": card.published[0].source if card.published else "-", "precision": job.dtype,
+           "engine": job.engine,
            "top1": summary["top1"], "top5": summary["top5"], "images": summary["counts"]["labelled"],
            "params_m": round(prof.params_m, 3), "gmacs": round(prof.gmacs, 3), "input_size": card.input_size,
            "eval_ips": summary["throughput"]["images_per_s"], "artifact": str(art)}
@@ -85,24 +87,31 @@ def _run_ray(jobs: list[Job], address: Optional[str], say: Callable[[str], None]
     return rows
 
 
-TABLE_FIELDS = ["model", "source", "precision", "top1", "top5", "delta_top1_vs_fp32", "ips", "params_m", "gmacs",
+PRECISIONS = ["fp32", "fp16", "bf16", "int8"]
+TABLE_FIELDS = ["model", "source", "precision", "engine", "top1", "top5", "delta_top1_vs_fp32", "ips", "params_m", "gmacs",
                 "input_size"]
 
 
 def sweep(models: Sequence[str], dtypes: Sequence[str], data: Path, out: Path, calib: Optional[Path] = None,
           bench: bool = False, ray_address: Optional[str] = None, use_ray: bool = False, count: int = 200,
           calibrate_mode: str = "percentile", weights: Optional[str] = "default", limit: Optional[int] = None,
-          say: Callable[[str], None] = print) -> list[dict]:
+          engine: str = "onnxruntime", say: Callable[[str], None] = print) -> list[dict]:
+    """Every model x precision, built for `engine` (openvino: fp16/bf16 computed in half precision on CPUs
+    that have it, int8 in the QDQ form OpenVINO reads)."""
+    from .buildconfig import parse_config
     from .card import get_card
     for m in models:
         get_card(m)  # fail before any work on an unknown name
-    bad = [d for d in dtypes if d not in ("fp32", "fp16", "int8")]
+    bad = [d for d in dtypes if d not in PRECISIONS]
     if bad:
-        raise CvzooError(f"unknown precision '{bad[0]}' (fp32, fp16, int8)")
+        raise CvzooError(f"unknown precision '{bad[0]}' ({', '.join(PRECISIONS)})")
+    for d in dtypes:  # what a build would refuse (bf16 on onnxruntime, int8 without --calib), before any job runs
+        parse_config({"model": models[0], "dtype": d, "engine": engine,
+                      **({"calibration": {"path": str(calib)}} if calib else {})}, f"sweep {d} on {engine}")
     if not Path(data).exists():
         raise CvzooError(f"{data}: evaluation data not found")
     jobs = [Job(m, d, str(Path(data).resolve()), str(Path(out).resolve()), str(Path(calib).resolve()) if calib else None,
-                count, calibrate_mode, weights, bench, limit=limit) for m in models for d in dtypes]
+                count, calibrate_mode, weights, bench, limit=limit, engine=engine) for m in models for d in dtypes]
     rows, todo = [], []
     for job in jobs:
         if job.result_path.is_file():
@@ -122,9 +131,10 @@ def sweep(models: Sequence[str], dtypes: Sequence[str], data: Path, out: Path, c
 def write_table(rows: list[dict], out: Path) -> list[dict]:
     fp32 = {r["model"]: r["top1"] for r in rows if r["precision"] == "fp32"}
     table = []
-    for r in sorted(rows, key=lambda r: (r["model"], ["fp32", "fp16", "int8"].index(r["precision"]))):
+    for r in sorted(rows, key=lambda r: (r["model"], PRECISIONS.index(r["precision"]))):
         delta = None if r["model"] not in fp32 or r["top1"] is None else round(r["top1"] - fp32[r["model"]], 3)
-        table.append({**{k: r.get(k) for k in TABLE_FIELDS}, "delta_top1_vs_fp32": delta,
+        table.append({**{k: r.get(k) for k in TABLE_FIELDS}, "engine": r.get("engine", "onnxruntime"),
+                      "delta_top1_vs_fp32": delta,
                       "ips": r.get("ips_b8") or r.get("eval_ips")})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TABLE_FIELDS)
@@ -143,7 +153,7 @@ def _pareto(table: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    markers = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
     for prec, marker in markers.items():
         pts = [r for r in table if r["precision"] == prec and r["ips"] and r["top1"] is not None]
         if pts:

@@ -10,7 +10,8 @@ MODELS = ["cspresnet50-imagenette", "dla34-imagenette"]
 
 
 def _check(out, table):
-    assert [(r["model"], r["precision"]) for r in table] == [(m, d) for m in MODELS for d in ("fp32", "int8")]
+    assert [(r["model"], r["precision"], r["engine"]) for r in table] == [(m, d, "onnxruntime") for m in MODELS
+                                                                          for d in ("fp32", "int8")]
     for r in table:
         assert r["top1"] > 60 and r["params_m"] > 1 and r["gmacs"] > 0 and r["ips"] > 0
         assert r["delta_top1_vs_fp32"] == (0 if r["precision"] == "fp32" else round(r["top1"] - next(
@@ -52,3 +53,23 @@ def test_sweep_bad_arguments(tmp_path):
         sweep(["nope"], ["fp32"], tmp_path, tmp_path / "o")
     with pytest.raises(CvzooError, match="unknown precision 'int4'"):
         sweep(["dla34"], ["int4"], tmp_path, tmp_path / "o")
+    # refused before any job runs, not after the fp32 ones
+    with pytest.raises(CvzooError, match="sweep bf16 on onnxruntime: dtype bf16 needs engine openvino"):
+        sweep(["dla34"], ["fp32", "bf16"], tmp_path, tmp_path / "o")
+    with pytest.raises(CvzooError, match="sweep int8 on onnxruntime: dtype int8 needs a calibration set"):
+        sweep(["dla34"], ["fp32", "int8"], tmp_path, tmp_path / "o")
+    assert not (tmp_path / "o" / "jobs").exists()
+
+
+@pytest.mark.shared
+def test_sweep_builds_for_openvino_half_precision(tmp_path):
+    """--engine openvino: the fp32 and bf16 rows are OpenVINO artifacts, keyed apart from onnxruntime ones."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "ov"
+    table = sweep(["dla34-imagenette"], ["fp32", "bf16"], need(IMAGENETTE_VAL), out, limit=100, engine="openvino",
+                  say=print)
+    assert [(r["precision"], r["engine"]) for r in table] == [("fp32", "openvino"), ("bf16", "openvino")]
+    assert sorted(p.name for p in (out / "jobs").iterdir()) == ["dla34-imagenette-bf16-openvino.json",
+                                                              "dla34-imagenette-fp32-openvino.json"]
+    assert all(r["top1"] > 60 for r in table) and abs(table[1]["delta_top1_vs_fp32"]) <= 2.0
+    assert "| bf16 | openvino |" in (out / "zoo_table.md").read_text()
