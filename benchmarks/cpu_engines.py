@@ -1,6 +1,7 @@
 """CPU engine table: ONNX Runtime fp32/int8 and OpenVINO fp32/int8/fp16/bf16 vs PyTorch eager fp32, per seed
-model at its card size, batch 1 and 8; plus the int8 forms the build measured. OpenVINO fp16/bf16 compute in
-that precision only where the CPU has it (AVX512-FP16, AMX / AVX512-BF16); the JSON says what ran. Writes JSON (and prints Markdown).
+model at its card size, batch 1 and 8; plus the int8 forms the build measured. Writes JSON (and prints Markdown).
+OpenVINO fp16/bf16 compute in that precision only where the CPU has it (AVX512-FP16, AMX / AVX512-BF16); the
+JSON's `*_computes` fields say what ran.
 
     python benchmarks/cpu_engines.py --out benchmarks/results/cpu_engines.json [--seconds 3]
 
