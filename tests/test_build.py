@@ -164,6 +164,19 @@ def test_openvino_half_precision_keeps_fixture_accuracy(name, dtype, tmp_path, f
         Predictor(art, engine="onnxruntime")
 
 
+def test_bf16_build_for_torch_cuda_measures_bf16_on_the_cpu(tmp_path):
+    """Built on a machine without a GPU: the fidelity recorded is that of bf16 arithmetic (torch on the CPU),
+    and ONNX Runtime refuses the artifact rather than run its fp32 graph under a bf16 label."""
+    art = build(parse_config(dict(model="dla46_c", dtype="bf16", engine="torch-cuda", workspace=str(tmp_path))),
+                say=lambda m: None)
+    m = Artifact.load(art).manifest
+    fid = m["build"]["fidelity"]["vs_fp32"]
+    assert m["precision"] == "bf16" and m["engine"] == "torch-cuda" and "runtime" not in m
+    assert fid["images"] == 8 and 1e-3 < fid["max_abs_diff"] < 1.0  # bf16 rounding: visible, small
+    with pytest.raises(CvzooError, match="to compute in bf16 .* use --engine torch-cuda"):
+        Predictor(art, engine="onnxruntime")
+
+
 @pytest.mark.parametrize("data,message", [
     (dict(model="dla35"), "unknown model 'dla35'"),
     (dict(model="dla34", weights="/nonexistent/dla34.pth"), "weights file not found"),

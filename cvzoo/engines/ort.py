@@ -23,10 +23,11 @@ class OrtEngine:
     def __init__(self, artifact: Artifact, threads: Optional[int] = None, providers: Sequence[str] = (),
                  graph_optimization: Optional[str] = None):
         from . import physical_cores
-        if artifact.inference_precision:
-            raise CvzooError(f"{artifact.folder}: built for {artifact.get('engine')} to compute in "
-                             f"{artifact.inference_precision} (precision {artifact.precision}); ONNX Runtime would run "
-                             f"its fp32 graph instead, not what the build verified - use --engine {artifact.get('engine')}")
+        computes = artifact.inference_precision or ("bf16" if artifact.precision == "bf16" else None)
+        if computes:  # the model file is the fp32 graph; another engine applies the precision
+            raise CvzooError(f"{artifact.folder}: built for {artifact.get('engine')} to compute in {computes} "
+                             f"(precision {artifact.precision}); ONNX Runtime would run its fp32 graph instead, not "
+                             f"what the build verified - use --engine {artifact.get('engine')}")
         self.artifact = artifact
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or physical_cores()
