@@ -68,10 +68,14 @@ def ort_session(model_path: Path, threads: Optional[int] = None):
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def in_batches(run: Callable[[np.ndarray], np.ndarray], arrays: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([run(arrays[i:i + batch]) for i in range(0, len(arrays), batch)])
+
+
 def run_logits(model_path: Path, arrays: np.ndarray, batch: int = 16) -> np.ndarray:
     sess = ort_session(model_path)
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: arrays[i:i + batch]})[0] for i in range(0, len(arrays), batch)])
+    return in_batches(lambda x: sess.run(None, {name: x})[0], arrays, batch)
 
 
 def time_model(model_path: Path, shape: tuple[int, ...], iterations: int = 10) -> float:
@@ -322,7 +326,7 @@ def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[P
         extra["manifest"] = {"runtime": {"inference_precision": wanted}}
         probe = Artifact(fp32_dir, {**Artifact.load(fp32_dir).manifest, **extra["manifest"], "engine": "openvino"})
         engine = load_engine(probe, "openvino")
-        got = np.concatenate([engine.run(arrays[i:i + 16]) for i in range(0, len(arrays), 16)])
+        got = in_batches(engine.run, arrays)
         extra["inference_precision_at_build"] = engine.inference_precision
         if engine.inference_precision != wanted:
             say(f"note: this CPU has no {wanted} compute (OpenVINO ran {engine.inference_precision}); the artifact "
@@ -334,8 +338,7 @@ def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[P
         from .export import source_model
         model = source_model(card, weights, pre.input_size).to(torch.bfloat16)
         with torch.inference_mode():  # bf16 arithmetic on the CPU: the GPU's rounding, not its kernels
-            got = np.concatenate([model(torch.from_numpy(arrays[i:i + 16]).to(torch.bfloat16)).float().numpy()
-                                  for i in range(0, len(arrays), 16)])
+            got = in_batches(lambda x: model(torch.from_numpy(x).to(torch.bfloat16)).float().numpy(), arrays)
         final = fp32
     else:
         final = work / "model-fp16.onnx"
