@@ -407,6 +407,17 @@ def sweep(models: str = typer.Option(..., "--models", help="comma-separated mode
     console.print(f"wrote {out}/zoo_table.md, zoo_table.csv, pareto.png")
 
 
+def _usage_errors() -> tuple:
+    """Newer typer vendors click (its usage errors derive from typer.TyperException); older typer raises click's."""
+    if hasattr(typer, "TyperException"):
+        return (typer.TyperException,)
+    import click
+    return (click.ClickException,)
+
+
+USAGE_ERRORS = _usage_errors()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2, no traceback."""
     try:
@@ -418,12 +429,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return getattr(e, "exit_code", getattr(e, "code", 0)) or 0
     except typer.Abort:
         return 130
-    except Exception as e:  # click usage errors
-        import click
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except USAGE_ERRORS as e:  # unknown option, bad value: click's usage message, exit code 2
+        e.show()
+        return e.exit_code
     return code if isinstance(code, int) else 0
 
 

@@ -97,6 +97,18 @@ def test_bad_arguments(artifacts, kwargs, message):
         bench(artifacts("dla46_c", weights=None), **kwargs)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "dla34", "--no-such-option"], "No such option: --no-such-option"),
+    (["bench", "dla34", "--batch", "one"], "--batch"),
+    (["build"], "Missing argument"),
+])
+def test_cli_usage_errors_are_messages_not_tracebacks(argv, message, capsys):
+    from cvzoo.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_gpu_engine_without_cuda_is_one_clear_error(artifacts):
     import torch
     if torch.cuda.is_available():
