@@ -6,7 +6,9 @@ JSON's `*_computes` fields say what ran.
     python benchmarks/cpu_engines.py --out benchmarks/results/cpu_engines.json [--seconds 3]
 
 Random-init weights (speed does not depend on them); int8 calibrated on 40 images of --calib
-(guard off: this table is about speed; accuracy is in docs/quantization.md). Run on an idle machine.
+(guard off: this table is about speed; accuracy is in docs/quantization.md). The best single-instance
+configuration is measured again as one 1-thread instance per core (throughput mode, like benchmark_app's
+THROUGHPUT hint); both ratios are reported. Run on an idle machine.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def main() -> None:
             half = {tag: build(parse_config({"model": name, "dtype": tag, "workspace": ws, "engine": "openvino",
                                              "name": f"{name}-ov-{tag}"}), say=lambda m: None)
                     for tag in ("fp16", "bf16")} if "openvino" in engines else {}
+            best_art = {}
             for b in (1, 8):
                 t = torch_eager_ips(Artifact.load(fp32), b, physical_cores(), 1.0, args.seconds)
                 row = {"model": name, "input_size": Artifact.load(fp32).preprocessing.input_size, "batch": b,
@@ -62,6 +65,7 @@ def main() -> None:
                     if engine == "openvino":
                         arts.update(half)
                     for tag, art in arts.items():
+                        best_art[(engine, tag)] = art
                         r = bench(art, engine=engine, batches=(b,), duration=args.seconds, warmup=1.0)["results"][0]
                         row[f"{engine}_{tag}_ips"] = r["throughput_ips"]
                         row[f"{engine}_{tag}_p50_ms"] = r["latency"]["p50_ms"]
@@ -70,6 +74,12 @@ def main() -> None:
                 best = max((k for k in row if k.endswith("_ips") and not k.startswith("torch")), key=row.get)
                 row["best"] = best.removesuffix("_ips")
                 row["best_vs_torch_eager"] = row[best] / row["torch_eager_fp32_ips"]
+                engine, tag = best.removesuffix("_ips").split("_", 1)
+                cores = physical_cores()
+                r = bench(best_art[(engine, tag)], engine=engine, batches=(b,), instances=cores, threads=1,
+                          duration=args.seconds, warmup=1.0)["results"][0]
+                row["best_instances"], row["best_instances_ips"] = cores, r["throughput_ips"]
+                row["best_instances_vs_torch_eager"] = r["throughput_ips"] / row["torch_eager_fp32_ips"]
                 print(json.dumps(row))
                 rows.append(row)
     report = {"machine": machine_info(), "seconds_per_point": args.seconds, "rows": rows, "int8_form_timings_b1_s": forms}
@@ -77,7 +87,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2))
     tags = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8", "fp16", "bf16")}
     cols = ["model", "input_size", "batch", "torch_eager_fp32_ips"] + [f"{e}_{t}_ips" for e in engines for t in tags[e]] \
-        + ["best", "best_vs_torch_eager"]
+        + ["best", "best_vs_torch_eager", "best_instances_ips", "best_instances_vs_torch_eager"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

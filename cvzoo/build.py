@@ -72,22 +72,30 @@ def in_batches(run: Callable[[np.ndarray], np.ndarray], arrays: np.ndarray, batc
     return np.concatenate([run(arrays[i:i + batch]) for i in range(0, len(arrays), batch)])
 
 
-def run_logits(model_path: Path, arrays: np.ndarray, batch: int = 16) -> np.ndarray:
+def model_runner(model_path: Path, engine: str = "onnxruntime") -> Callable[[np.ndarray], np.ndarray]:
+    """A batch -> logits function for an ONNX file in the making, run by ONNX Runtime or by OpenVINO (whose int8
+    kernels, not ORT's, are what an OpenVINO build's guard and form search must see)."""
+    if engine == "openvino":
+        from .engines import load_engine
+        return load_engine(Artifact(model_path.parent, {"model_file": model_path.name}), "openvino").run
     sess = ort_session(model_path)
     name = sess.get_inputs()[0].name
-    return in_batches(lambda x: sess.run(None, {name: x})[0], arrays, batch)
+    return lambda x: sess.run(None, {name: x})[0]
 
 
-def time_model(model_path: Path, shape: tuple[int, ...], iterations: int = 10) -> float:
+def run_logits(model_path: Path, arrays: np.ndarray, batch: int = 16, engine: str = "onnxruntime") -> np.ndarray:
+    return in_batches(model_runner(model_path, engine), arrays, batch)
+
+
+def time_model(model_path: Path, shape: tuple[int, ...], iterations: int = 10, engine: str = "onnxruntime") -> float:
     """Median seconds per run on seeded input: enough to rank int8 forms on this CPU."""
-    sess = ort_session(model_path)
-    name = sess.get_inputs()[0].name
+    run = model_runner(model_path, engine)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    sess.run(None, {name: x})
+    run(x)
     times = []
     for _ in range(iterations):
         t = time.perf_counter()
-        sess.run(None, {name: x})
+        run(x)
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -95,18 +103,24 @@ def time_model(model_path: Path, shape: tuple[int, ...], iterations: int = 10) -
 # ---------------------------------------------------------------- int8
 @dataclass(frozen=True)
 class Int8Form:
-    """One way to write an int8 graph; which is fastest depends on the CPU (VNNI or not)."""
+    """One way to write an int8 graph; which is fastest depends on the CPU (VNNI or not) and the engine."""
     format: str  # qdq | qoperator
     reduce_range: bool
+    # Q/DQ on the outputs of quantized ops too (ONNX Runtime fuses Conv+Q into QLinearConv), or on their
+    # inputs only (as NNCF places them: OpenVINO then fuses the float activation after a conv, e.g. SiLU,
+    # instead of dequantizing, activating and requantizing every tensor)
+    outputs: bool = True
 
     @property
     def label(self) -> str:
-        return f"{self.format}{'-reduce_range' if self.reduce_range else ''}"
+        return (f"{self.format}{'-reduce_range' if self.reduce_range else ''}"
+                f"{'' if self.outputs else '-inputs_only'}")
 
 
 def _quantize(src: Path, dst: Path, reader: ArrayReader, q: QuantizeConfig, form: Int8Form,
               exclude: list[str], cache: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    op_types = list(q.op_types) or ["Conv", "Gemm", "MatMul"]  # [] = ORT's default list; outputs-off needs names
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy, "distribution": CalibrationMethod.Distribution}[q.calibrate_mode]
     reader.rewind()
@@ -120,9 +134,10 @@ def _quantize(src: Path, dst: Path, reader: ArrayReader, q: QuantizeConfig, form
             per_channel=q.per_channel, reduce_range=form.reduce_range,
             activation_type=QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
-            op_types_to_quantize=list(q.op_types) or None,
+            op_types_to_quantize=list(q.op_types) or None,  # ORT's own default list when empty
             extra_options={"CalibPercentile": q.percentile, "ActivationSymmetric": q.symmetric_activations,
-                           "WeightSymmetric": True},
+                           "WeightSymmetric": True,
+                           "OpTypesToExcludeOutputQuantization": [] if form.outputs else list(op_types)},
             calibration_cache_path=str(cache),  # calibrate once, requantize with exclusions cheaply
         )
     finally:
@@ -185,15 +200,17 @@ class Trial:
 
 
 def guarded_int8(fp32: Path, work: Path, reader: ArrayReader, held: np.ndarray, held_labels, ref_logits,
-                 cfg: BuildConfig, form: Int8Form, say: Say) -> tuple[Path, list[str], list[Trial], Fidelity]:
-    """Quantize; if the guard's target is missed, exclude the fewest most-sensitive nodes that meet it."""
+                 cfg: BuildConfig, form: Int8Form, engine: str,
+                 say: Say) -> tuple[Path, list[str], list[Trial], Fidelity]:
+    """Quantize; if the guard's target is missed, exclude the fewest most-sensitive nodes that meet it.
+    Fidelity is measured with `engine`'s arithmetic (its int8 kernels); nodes are ranked with ONNX Runtime."""
     q, g = cfg.quantize, cfg.guard
     cache = work / CALIBRATION_CACHE
 
     def attempt(excluded: list[str], tag: str) -> tuple[Path, Fidelity]:
         out = work / f"int8-{form.label}-{tag}.onnx"
         _quantize(fp32, out, reader, q, form, q.exclude + excluded, cache)
-        return out, measure_fidelity(ref_logits, run_logits(out, held), held_labels)
+        return out, measure_fidelity(ref_logits, run_logits(out, held, engine=engine), held_labels)
 
     path, fid = attempt([], "x0")
     trials = [Trial(0, fid.as_dict(), fid.passes(g.min_agreement, g.max_top1_drop))]
@@ -203,7 +220,8 @@ def guarded_int8(fp32: Path, work: Path, reader: ArrayReader, held: np.ndarray, 
     if trials[0].passed or not g.enabled or g.max_excluded == 0:
         return path, [], trials, fid
     if q.format == "qoperator" or form.format == "qoperator":  # surgery needs the QDQ graph
-        _quantize(fp32, work / "rank-qdq.onnx", reader, q, Int8Form("qdq", form.reduce_range), q.exclude, cache)
+        _quantize(fp32, work / "rank-qdq.onnx", reader, q, Int8Form("qdq", form.reduce_range, form.outputs),
+                  q.exclude, cache)
         rank_src = work / "rank-qdq.onnx"
     else:
         rank_src = path
@@ -374,17 +392,25 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
     ref = run_logits(fp32, held)
 
     q = cfg.quantize
-    forms = [Int8Form(q.format if q.format != "auto" else "qdq", bool(q.reduce_range))]
-    path, excluded, trials, fid = guarded_int8(prepped, work, reader, held, held_labels, ref, cfg, forms[0], say)
-    chosen, timings = forms[0], {}
-    if q.format == "auto" and cfg.engine != "onnxruntime":
-        say(f"int8 form: qdq (the form {cfg.engine} reads; QOperator is ONNX Runtime's own)")
+    engine = "openvino" if cfg.engine == "openvino" else "onnxruntime"  # whose int8 kernels the guard measures
+    first = Int8Form(q.format if q.format != "auto" else "qdq", bool(q.reduce_range), q.quantize_outputs is not False)
+    path, excluded, trials, fid = guarded_int8(prepped, work, reader, held, held_labels, ref, cfg, first, engine, say)
+    chosen, timings = first, {}
+    candidates = []
+    if q.format == "auto" and engine == "openvino":  # OpenVINO reads QDQ only; where the Q/DQ sit matters
+        say("int8 forms for openvino: QDQ (QOperator is ONNX Runtime's own), Q/DQ placement measured")
+        candidates = [Int8Form("qdq", first.reduce_range, o) for o in (True, False) if q.quantize_outputs in (None, o)]
+    elif q.format == "auto" and cfg.engine == "onnxruntime":
+        formats = ("qdq", "qoperator") if first.outputs else ("qdq",)  # QOperator always quantizes outputs
+        candidates = [Int8Form(f, r, first.outputs) for f in formats for r in (False, True)]
     elif q.format == "auto":
-        # the fastest correct form on this CPU: candidates share the guard's exclusions, must pass too
+        say(f"int8 form: qdq (the form {cfg.engine} reads; QOperator is ONNX Runtime's own)")
+    if candidates:
+        # the fastest correct form on this CPU, timed with the build's engine: candidates share the guard's
+        # exclusions and must pass it too
         shape = (1, 3, pre.input_size, pre.input_size)
-        timings["fp32"] = time_model(fp32, shape)
-        timings[chosen.label] = time_model(path, shape)
-        candidates = [Int8Form(f, r) for f in ("qdq", "qoperator") for r in (False, True)]
+        timings["fp32"] = time_model(fp32, shape, engine=engine)
+        timings[chosen.label] = time_model(path, shape, engine=engine)
         cache = work / CALIBRATION_CACHE
         best = (timings[chosen.label], chosen, path, fid)
         for form in candidates:
@@ -392,8 +418,8 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
                 continue
             p = work / f"int8-{form.label}.onnx"
             _quantize(prepped, p, reader, q, form, q.exclude + excluded, cache)
-            f = measure_fidelity(ref, run_logits(p, held), held_labels)
-            timings[form.label] = time_model(p, shape)
+            f = measure_fidelity(ref, run_logits(p, held, engine=engine), held_labels)
+            timings[form.label] = time_model(p, shape, engine=engine)
             passed = f.passes(cfg.guard.min_agreement, cfg.guard.max_top1_drop) or not cfg.guard.enabled
             say(f"int8 form {form.label}: {1000 * timings[form.label]:.1f} ms/img (b1), agreement "
                 f"{100 * f.agreement:.2f}%" + ("" if passed else " (fails guard)"))
@@ -401,22 +427,23 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
                 best = (timings[form.label], form, p, f)
         _, chosen, path, fid = best
         say(f"int8 form chosen: {chosen.label} ({1000 * timings[chosen.label]:.1f} ms vs fp32 "
-            f"{1000 * timings['fp32']:.1f} ms at b1)")
+            f"{1000 * timings['fp32']:.1f} ms at b1, {engine})")
         if timings[chosen.label] > timings["fp32"]:
             from .bench import machine_info
             m = machine_info()
             why = (f"{len(excluded)} nodes kept in float add Q/DQ conversions" if excluded else "")
             if not (m["avx512_vnni"] or m["avx_vnni"]):
                 why = "this CPU has no VNNI int8 dot product" + (f"; {why}" if why else "")
-            say(f"note: int8 is slower than fp32 with ONNX Runtime here ({why or 'small model'}); the QDQ "
-                f"artifact still saves memory and feeds OpenVINO/TensorRT")
+            say(f"note: int8 is slower than fp32 with {engine} here ({why or 'small model'}); the artifact still "
+                f"stores 8-bit weights" + (" and its QDQ form feeds OpenVINO/TensorRT" if chosen.format == "qdq" else ""))
     say(f"int8 final: agreement {100 * fid.agreement:.2f}%"
         + (f", top-1 {fid.top1:.2f} (fp32 {fid.top1_fp32:.2f})" if fid.top1 is not None else "")
         + (f"; {len(excluded)} nodes kept in float: {', '.join(excluded[:8])}{' ...' if len(excluded) > 8 else ''}"
            if excluded else ""))
     extra = {
         "quantization": {**cfg.quantize.model_dump(), "form": chosen.label, "format_chosen": chosen.format,
-                         "reduce_range_chosen": chosen.reduce_range, "excluded_nodes": excluded,
+                         "reduce_range_chosen": chosen.reduce_range, "quantize_outputs_chosen": chosen.outputs,
+                         "measured_with": engine, "excluded_nodes": excluded,
                          "form_timings_b1_s": timings},
         "calibration": {"path": str(cfg.calibration.path), "count": len(calib_used), "seed": cfg.calibration.seed,
                         "files": [{"path": str(p), "sha256": sha256(p)} for p in calib_used]},

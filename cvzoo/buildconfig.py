@@ -26,10 +26,20 @@ class QuantizeConfig(_Cfg):
     # int8 graph form: auto = measure the candidates on this CPU and keep the fastest that passes the guard
     format: Literal["auto", "qdq", "qoperator"] = "auto"
     reduce_range: Optional[bool] = None  # None: decided by format search (7-bit weights help CPUs without VNNI)
+    # Q/DQ on quantized ops' outputs too (ONNX Runtime's QLinearConv needs them) or on their inputs only (lets
+    # OpenVINO fuse a float activation into the conv). None: true, except that openvino builds measure both
+    quantize_outputs: Optional[bool] = None
     exclude: list[str] = Field(default_factory=list)  # node names kept in float, besides the guard's
     # Which ops get int8. Conv/Gemm/MatMul carry the compute; quantizing SiLU's Sigmoid/Mul, SE gates or
     # pools adds error and buys little on CPU. [] = ONNX Runtime's full default list.
     op_types: list[str] = Field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
+
+    @model_validator(mode="after")
+    def _placement(self):
+        if self.format == "qoperator" and self.quantize_outputs is False:
+            raise ValueError("quantize_outputs false needs format qdq or auto: the QOperator form (QLinearConv) "
+                             "always quantizes outputs")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -224,6 +224,7 @@ def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name")
           symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="activations"),
           form: Optional[str] = typer.Option(None, "--format", help="auto | qdq | qoperator"),
           reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range"),
+          quantize_outputs: Optional[bool] = typer.Option(None, "--qdq-outputs/--qdq-inputs-only", help="Q/DQ on conv outputs too, or on inputs only (default: measured for openvino)"),
           guard: Optional[bool] = typer.Option(None, "--guard/--no-guard"),
           min_agreement: Optional[float] = typer.Option(None, "--min-agreement"),
           max_top1_drop: Optional[float] = typer.Option(None, "--max-top1-drop"),
@@ -241,7 +242,8 @@ def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name")
     sections = {
         "calibration": {"path": calib, "count": count, "seed": seed, "holdout": holdout},
         "quantize": {"calibrate_mode": calibrate_mode, "percentile": percentile, "per_channel": per_channel,
-                     "symmetric_activations": symmetric, "format": form, "reduce_range": reduce_range},
+                     "symmetric_activations": symmetric, "format": form, "reduce_range": reduce_range,
+                     "quantize_outputs": quantize_outputs},
         "guard": {"enabled": guard, "min_agreement": min_agreement, "max_top1_drop": max_top1_drop},
     }
     for section, values in sections.items():

@@ -120,6 +120,41 @@ def test_auto_format_measures_candidates(tmp_path):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dla34-imagenette", "ese_vovnet19b_dw-imagenette", "cspresnet50-imagenette"])
+def test_openvino_int8_keeps_fixture_accuracy(name, tmp_path, fp32_top1):
+    """An int8 build for OpenVINO: Q/DQ placement timed and the guard measured with OpenVINO's own int8 kernels
+    (which differ from ONNX Runtime's, e.g. on CPUs without VNNI); evaluated with OpenVINO."""
+    pytest.importorskip("openvino")
+    art = build(_cfg(name, tmp_path, engine="openvino", quantize={"format": "auto"}), say=lambda m: None)
+    q = Artifact.load(art).manifest["build"]["quantization"]
+    assert q["measured_with"] == "openvino" and {"qdq", "qdq-inputs_only"} <= set(q["form_timings_b1_s"])
+    top1, ref = _top1(art, imagenette_files()), fp32_top1(name)
+    print(f"{name} openvino int8 ({q['form']}, {len(q['excluded_nodes'])} nodes in float): top-1 {top1:.1f} "
+          f"vs fp32 {ref:.1f}; b1 ms {q['form_timings_b1_s']}")
+    assert ref - top1 <= MAX_DROP[name]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("outputs", [True, False])
+def test_qdq_placement(outputs, tmp_path):
+    """Q/DQ on conv outputs too (ONNX Runtime's QLinearConv form) or on conv inputs only (NNCF's placement,
+    which lets OpenVINO fuse the activation); both compute the same network."""
+    import onnx
+    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40}, guard={"enabled": False},
+                     quantize={"quantize_outputs": outputs}), say=lambda m: None)
+    g = onnx.load(str(art / "model.onnx")).graph
+    conv_outputs = {n.output[0] for n in g.node if n.op_type == "Conv"}
+    dq_outputs = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    assert all(n.input[0] in dq_outputs and n.input[1] in dq_outputs for n in g.node if n.op_type == "Conv")
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] in conv_outputs for n in g.node) == outputs
+    q = Artifact.load(art).manifest["build"]["quantization"]
+    assert q["quantize_outputs_chosen"] == outputs and q["form"] == ("qdq" if outputs else "qdq-inputs_only")
+    assert q["measured_with"] == "onnxruntime"
+    assert Artifact.load(art).manifest["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8
+
+
+@pytest.mark.shared
 def test_fp16_build(tmp_path):
     art = build(parse_config(dict(model="dla34-imagenette", weights="default", dtype="fp16", workspace=str(tmp_path))),
                 say=lambda m: None)
@@ -183,6 +218,8 @@ def test_bf16_build_for_torch_cuda_measures_bf16_on_the_cpu(tmp_path):
     (dict(model="dla34", dtype="int4"), "dtype: Input should be 'fp32', 'fp16', 'bf16' or 'int8'"),
     (dict(model="dla34", dtype="bf16"), "config: dtype bf16 needs engine openvino (CPU) or torch-cuda"),
     (dict(model="dla34", dtype="int8"), "needs a calibration set"),
+    (dict(model="dla34", quantize=dict(format="qoperator", quantize_outputs=False)),
+     "quantize: quantize_outputs false needs format qdq or auto"),
     (dict(model="dla34", quantize=dict(calibrate_mod="entropy")), "unknown key 'quantize.calibrate_mod' (did you mean 'calibrate_mode'?)"),
     (dict(model="dla34", dtyp="int8"), "unknown key 'dtyp' (did you mean 'dtype'?)"),
 ])
