@@ -35,7 +35,7 @@ demo: venv
 	$(BIN)/python -m cvzoo demo
 
 test: venv source-envs
-	$(BIN)/python -m pytest -q -ra --timeout=1800 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --timeout=1800 --durations=20 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SOURCE_ENVS) build *.egg-info .pytest_cache demo-out

@@ -8,7 +8,9 @@ JSON's `*_computes` fields say what ran.
 Random-init weights (speed does not depend on them); int8 calibrated on 40 images of --calib
 (guard off: this table is about speed; accuracy is in docs/quantization.md). The best single-instance
 configuration is measured again as one 1-thread instance per core (throughput mode, like benchmark_app's
-THROUGHPUT hint); both ratios are reported. Run on an idle machine.
+THROUGHPUT hint); both ratios are reported. `gmacs` (conv/linear multiply-accumulates per image, torch's
+FlopCounterMode) turns images/s into achieved GMAC/s, the number to hold against the CPU's peak. Run on an idle
+machine.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from cvzoo.artifact import Artifact
 from cvzoo.build import build
 from cvzoo.buildconfig import parse_config
 from cvzoo.engines import physical_cores
+from cvzoo.profile import profile_model
 
 SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "cspresnet50", "efficientnetv2_rw_t"]
 
@@ -55,11 +58,11 @@ def main() -> None:
             half = {tag: build(parse_config({"model": name, "dtype": tag, "workspace": ws, "engine": "openvino",
                                              "name": f"{name}-ov-{tag}"}), say=lambda m: None)
                     for tag in ("fp16", "bf16")} if "openvino" in engines else {}
-            best_art = {}
+            best_art, gmacs = {}, profile_model(name).gmacs
             for b in (1, 8):
                 t = torch_eager_ips(Artifact.load(fp32), b, physical_cores(), 1.0, args.seconds)
                 row = {"model": name, "input_size": Artifact.load(fp32).preprocessing.input_size, "batch": b,
-                       "torch_eager_fp32_ips": t["throughput_ips"]}
+                       "gmacs": gmacs, "torch_eager_fp32_ips": t["throughput_ips"]}
                 for engine in engines:
                     arts = {"fp32": fp32, "int8": int8 if engine == "onnxruntime" else int8_qdq}
                     if engine == "openvino":
@@ -80,6 +83,9 @@ def main() -> None:
                           duration=args.seconds, warmup=1.0)["results"][0]
                 row["best_instances"], row["best_instances_ips"] = cores, r["throughput_ips"]
                 row["best_instances_vs_torch_eager"] = r["throughput_ips"] / row["torch_eager_fp32_ips"]
+                for key in ("torch_eager_fp32", "best_instances"):
+                    row[f"{key}_gmac_per_s"] = row[f"{key}_ips"] * gmacs
+                row["best_gmac_per_s"] = row[best] * gmacs
                 print(json.dumps(row))
                 rows.append(row)
     report = {"machine": machine_info(), "seconds_per_point": args.seconds, "rows": rows, "int8_form_timings_b1_s": forms}
@@ -87,7 +93,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2))
     tags = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8", "fp16", "bf16")}
     cols = ["model", "input_size", "batch", "torch_eager_fp32_ips"] + [f"{e}_{t}_ips" for e in engines for t in tags[e]] \
-        + ["best", "best_vs_torch_eager", "best_instances_ips", "best_instances_vs_torch_eager"]
+        + ["best", "best_vs_torch_eager", "best_instances_ips", "best_instances_vs_torch_eager",
+           "torch_eager_fp32_gmac_per_s", "best_gmac_per_s"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

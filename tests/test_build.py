@@ -48,14 +48,29 @@ def fp32_top1(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def int8_build(tmp_path_factory):
+    """(artifact, top-1) of an int8 build, built once per (model, calibration mode, guard) in this module:
+    the guarded efficientnetv2 percentile build takes minutes on 2 cores and two tests read it."""
+    cache = {}
+
+    def get(name, mode, guard=True):
+        if (name, mode, guard) not in cache:
+            cfg = _cfg(name, tmp_path_factory.mktemp("int8"), quantize={"calibrate_mode": mode},
+                       guard={"enabled": guard})
+            art = build(cfg, say=lambda m: None)
+            cache[name, mode, guard] = art, _top1(art, imagenette_files())
+        return cache[name, mode, guard]
+    return get
+
+
 @pytest.mark.shared
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["minmax", "percentile", "entropy"])
 @pytest.mark.parametrize("name", list(MAX_DROP))
-def test_int8_with_guard_keeps_fixture_accuracy(name, mode, tmp_path, fp32_top1):
-    art = build(_cfg(name, tmp_path, quantize={"calibrate_mode": mode}), say=lambda m: None)
+def test_int8_with_guard_keeps_fixture_accuracy(name, mode, fp32_top1, int8_build):
+    art, top1 = int8_build(name, mode)
     m = Artifact.load(art).manifest
-    top1 = _top1(art, imagenette_files())
     ref = fp32_top1(name)
     g = m["build"]["guard"]
     print(f"{name} {mode}: fp32 {ref:.1f} int8 {top1:.1f} (drop {ref - top1:+.1f}); guard held-out agreement "
@@ -67,11 +82,10 @@ def test_int8_with_guard_keeps_fixture_accuracy(name, mode, tmp_path, fp32_top1)
 
 @pytest.mark.shared
 @pytest.mark.slow
-def test_guard_off_vs_on_efficientnetv2(tmp_path, fp32_top1):
+def test_guard_off_vs_on_efficientnetv2(fp32_top1, int8_build):
     name = "efficientnetv2_rw_t-imagenette"
-    off = build(_cfg(name, tmp_path, guard={"enabled": False}, name="off"), say=lambda m: None)
-    on = build(_cfg(name, tmp_path, name="on"), say=lambda m: None)
-    top_off, top_on, ref = _top1(off, imagenette_files()), _top1(on, imagenette_files()), fp32_top1(name)
+    (off, top_off), (on, top_on) = int8_build(name, "percentile", guard=False), int8_build(name, "percentile")
+    ref = fp32_top1(name)
     print(f"{name}: fp32 {ref:.1f}, int8 guard off {top_off:.1f}, guard on {top_on:.1f}")
     assert Artifact.load(off).manifest["build"]["quantization"]["excluded_nodes"] == []
     excluded = Artifact.load(on).manifest["build"]["quantization"]["excluded_nodes"]
