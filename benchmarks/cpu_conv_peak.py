@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cvzoo.bench import machine_info
-from cvzoo.engines import physical_cores
+from cvzoo.engines import installed_cpu_engines, physical_cores
 
 SHAPES = [(64, 112), (128, 56), (256, 28), (512, 14), (512, 7)]  # (channels, height = width)
 K, BATCH = 3, 8
@@ -84,12 +84,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--out", default="benchmarks/results/cpu_conv_peak.json")
     args = ap.parse_args()
-    engines = ["onnxruntime"]
-    try:
-        import openvino  # noqa: F401
-        engines.append("openvino")
-    except ImportError:
-        pass
+    engines = installed_cpu_engines()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for c, hw in SHAPES:

@@ -23,7 +23,7 @@ from cvzoo.bench import bench, machine_info, torch_eager_ips
 from cvzoo.artifact import Artifact
 from cvzoo.build import build
 from cvzoo.buildconfig import parse_config
-from cvzoo.engines import physical_cores
+from cvzoo.engines import installed_cpu_engines, physical_cores
 from cvzoo.profile import profile_model
 
 SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "cspresnet50", "efficientnetv2_rw_t"]
@@ -36,12 +36,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--out", default="benchmarks/results/cpu_engines.json")
     args = ap.parse_args()
-    engines = ["onnxruntime"]
-    try:
-        import openvino  # noqa: F401
-        engines.append("openvino")
-    except ImportError:
-        pass
+    engines = installed_cpu_engines()
     rows, forms = [], {}
     with tempfile.TemporaryDirectory() as ws:
         for name in args.models.split(","):

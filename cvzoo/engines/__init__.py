@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Optional, Protocol, Union
 
@@ -38,6 +39,11 @@ def physical_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+def installed_cpu_engines() -> list[str]:
+    """The CPU engines importable here: ONNX Runtime (a dependency), then OpenVINO if installed."""
+    return ["onnxruntime"] + (["openvino"] if find_spec("openvino") else [])
 
 
 def engine_for(art: Artifact, engine: Optional[str] = None) -> str:
