@@ -8,11 +8,13 @@ Per model, batch 256 throughput (images/s) of
   cvzoo         the torch-cuda engine's recipe: fp16 weights, channels-last, inductor `freezing`
                 (weights become constants: BatchNorm folded into the convs, constant folding,
                 layout-optimal weights), torch.compile default mode
-and, for --latency models, batch-1 latency of eager, torch.compile mode="reduce-overhead" (CUDA graphs)
-and cvzoo (freezing + CUDA graphs). Inputs are seeded and already on the GPU (as in timm's benchmark and
-trtexec --noDataTransfers); `cvzoo_host_fp32_input` adds the engine's real path (pinned float32 host
-batch -> GPU -> fp16, logits back to the host). Timing: CUDA events, median of repeats after warm-up.
-Every variant's logits are checked against fp32 eager on the same input (relative L2 error).
+and --recipes candidates on top of cvzoo's (see RECIPES), and, for --latency models, batch-1 latency of
+eager, torch.compile mode="reduce-overhead" (CUDA graphs), cvzoo (freezing + CUDA graphs) and the
+engine's small-batch recipe (the same + per-conv tactics, cvzoo/engines/conv_tactics.py). Inputs are
+seeded and already on the GPU (as in timm's benchmark and trtexec --noDataTransfers);
+`cvzoo_host_fp32_input` adds a host path (pinned float32 host batch -> GPU -> fp16, logits back).
+Timing: CUDA events, median of repeats after warm-up. Every variant's logits are checked against fp32
+eager on the same input (relative L2 error).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 
 from cvzoo.bench import machine_info
 from cvzoo.card import get_card
+from cvzoo.engines.conv_tactics import ConvTacticPass, fuse_every_relu
 from cvzoo.models import build_model, set_bn_statistics
 
 SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "ese_vovnet39b", "cspresnet50", "efficientnetv2_rw_t"]
@@ -53,15 +56,29 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
-# candidate recipes: (torch.compile mode, extra inductor settings), all on top of freezing
+# candidate recipes: (torch.compile mode, extra inductor settings), all on top of freezing; "a+b" combines.
+# A callable setting is a factory: each compile gets a fresh pass.
 RECIPES = {"cudagraphs": ("reduce-overhead", {}), "autotune": ("max-autotune-no-cudagraphs", {}),
            "autotune_cudagraphs": ("max-autotune", {}),
-           # not yet measured (no GPU in the session that added them): 1x1 convs as GEMMs (Triton/cuBLAS
-           # epilogues fuse the folded BN + activation), and Triton's block-size search on pointwise kernels
+           # every conv + bias + ReLU (+ residual) as one cuDNN call; per conv the fastest of cuDNN, that
+           # fused call and (1x1) cuBLAS, timed on the GPU (cvzoo/engines/conv_tactics.py, the engine's)
+           "cudnn_relu": ("default", {"post_grad_custom_post_pass": fuse_every_relu}),
+           "tactics": ("default", {"post_grad_custom_post_pass": ConvTacticPass}),
+           # 1x1 convs as GEMMs, and Triton's block-size search on pointwise kernels
            "conv1x1_mm": ("default", {"conv_1x1_as_mm": True}),
            "coordesc": ("default", {"coordinate_descent_tuning": True}),
            "aggressive": ("default", {"aggressive_fusion": True, "conv_1x1_as_mm": True,
                                       "coordinate_descent_tuning": True})}
+
+
+def recipe_settings(recipe: str) -> tuple[str, dict]:
+    """Mode and inductor settings of a recipe or a "+"-joined combination (a fresh tactics pass each)."""
+    mode, settings = "default", {}
+    for part in recipe.split("+"):
+        part_mode, extra = RECIPES[part]
+        mode = part_mode if part_mode != "default" else mode
+        settings.update({k: (v() if callable(v) else v) for k, v in extra.items()})
+    return mode, settings
 
 
 def measure(name: str, batch: int, latency: bool, repeats: int, recipes: list[str]) -> dict:
@@ -91,13 +108,14 @@ def measure(name: str, batch: int, latency: bool, repeats: int, recipes: list[st
         return run
 
     row = {"model": name, "input_size": size, "batch": batch}
+    fns = {}
     ours = torch.compile(fp16)
     variants = {"timm_eager_amp_fp16": lambda: amp(model),
                 "torch_compile_fp16": lambda: amp(torch.compile(model)),
                 "cvzoo_fp16_frozen_compile": lambda: half(ours)}
     settings = {tag: {"freezing": tag.startswith("cvzoo")} for tag in variants}
     for recipe in recipes:  # candidate recipes beyond the engine's default, compared in the same run
-        mode, extra = RECIPES[recipe]
+        mode, extra = recipe_settings(recipe)
         variants[f"cvzoo_fp16_frozen_{recipe}"] = (lambda mode: lambda: half(torch.compile(
             copy.deepcopy(fp16), mode=mode)))(mode)
         settings[f"cvzoo_fp16_frozen_{recipe}"] = {"freezing": True, **extra}
@@ -111,9 +129,18 @@ def measure(name: str, batch: int, latency: bool, repeats: int, recipes: list[st
             ms = timed(fn, x, repeats, warmup=5)
         row[tag] = {"ms_per_batch": ms, "images_per_s": batch * 1000.0 / ms, "rel_err_vs_fp32": rel_err(out, ref),
                     "first_call_s": round(compile_s, 1)}
+        tactics = settings[tag].get("post_grad_custom_post_pass")
+        if tactics is not None:
+            row[tag]["conv_tactics"], row[tag]["conv_tactics_log"] = dict(tactics.chosen), tactics.log
+        fns[tag] = fn
         print(f"{name:20s} {tag:28s} {row[tag]['images_per_s']:9.0f} img/s  err {row[tag]['rel_err_vs_fp32']:.1e}"
               f"  first call {compile_s:.0f} s", flush=True)
 
+    # noise: the baseline and the best candidate timed again, after everything else (no recompiles)
+    best = max((t for t in row if t.startswith("cvzoo_fp16_frozen")), key=lambda t: row[t]["images_per_s"])
+    for tag in ("torch_compile_fp16", best):
+        with torch._inductor.config.patch(settings[tag]):
+            row[tag]["images_per_s_retimed"] = batch * 1000.0 / timed(fns[tag], x, repeats, warmup=5)
     # the engine's real path: float32 batch in pinned host memory -> GPU -> fp16 -> logits to host
     host = x.float().cpu().pin_memory()
 
@@ -123,7 +150,6 @@ def measure(name: str, batch: int, latency: bool, repeats: int, recipes: list[st
     with torch._inductor.config.patch(freezing=True):
         ms = timed(end_to_end, host, max(5, repeats // 2), warmup=3)
     row["cvzoo_host_fp32_input"] = {"ms_per_batch": ms, "images_per_s": batch * 1000.0 / ms}
-    best = max((t for t in row if t.startswith("cvzoo_fp16_frozen")), key=lambda t: row[t]["images_per_s"])
     row["cvzoo_best"] = best
     row["speedup_vs_timm_eager"] = row[best]["images_per_s"] / row["timm_eager_amp_fp16"]["images_per_s"]
     row["speedup_vs_torch_compile"] = row[best]["images_per_s"] / row["torch_compile_fp16"]["images_per_s"]
@@ -132,12 +158,18 @@ def measure(name: str, batch: int, latency: bool, repeats: int, recipes: list[st
         lat = {}
         for tag, make in {"eager_amp_fp16": lambda: amp(model),
                           "torch_compile_reduce_overhead_fp16": lambda: amp(torch.compile(model, mode="reduce-overhead")),
-                          "cvzoo_fp16_frozen_cudagraphs": lambda: half(torch.compile(fp16, mode="reduce-overhead"))}.items():
+                          "cvzoo_fp16_frozen_cudagraphs": lambda: half(torch.compile(fp16, mode="reduce-overhead")),
+                          "cvzoo_fp16_frozen_tactics_cudagraphs": lambda: half(torch.compile(
+                              copy.deepcopy(fp16), mode="reduce-overhead"))}.items():
             torch._dynamo.reset()
-            with torch._inductor.config.patch(freezing=tag.startswith("cvzoo")):
+            tactics = ConvTacticPass() if "tactics" in tag else None
+            extra = {"post_grad_custom_post_pass": tactics} if tactics else {}
+            with torch._inductor.config.patch(freezing=tag.startswith("cvzoo"), **extra):
                 fn = make()
                 out = fn(x1).clone()
                 lat[tag] = {"ms": timed(fn, x1, 200, warmup=20), "rel_err_vs_fp32": rel_err(out, ref[:1])}
+                if tactics:
+                    lat[tag]["conv_tactics"], lat[tag]["conv_tactics_log"] = dict(tactics.chosen), tactics.log
             print(f"{name:20s} b1 {tag:34s} {lat[tag]['ms']:.3f} ms", flush=True)
         row["batch1_latency"] = lat
     return row

@@ -29,6 +29,7 @@ class Counter:
     process: int
     latencies: list[float] = field(default_factory=list)
     inference_precision: Optional[str] = None  # what the engine computes in (OpenVINO may fall back to f32)
+    tuning: Optional[dict] = None  # recipes an engine timed and chose while running (torch-cuda, large batches)
 
 
 def latency_stats(lat: Sequence[float]) -> dict:
@@ -91,7 +92,8 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
         w.start()
     for w in workers:
         w.join()
-    for e in engines:
+    for c, e in zip(counters, engines):
+        c.tuning = getattr(e, "tuning", None) or None
         e.close()
     real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
     if real:
@@ -135,6 +137,7 @@ def bench_batch(art: Artifact, engine: str, batch: int, instances: int, processe
     return {
         "batch": batch, "instances": instances, "processes": processes, "threads_per_instance": threads,
         "inference_precision": counters[0].inference_precision,
+        **({"engine_tuning": counters[0].tuning} if counters[0].tuning else {}),
         "runs": runs, "images": runs * batch, "seconds": window, "wall_seconds": round(wall, 3),
         "throughput_ips": runs * batch / window,
         "latency": latency_stats(all_lat),
