@@ -5,9 +5,10 @@
 Per model, batch 256 throughput (images/s) of
   timm way      eager, autocast fp16, channels-last (what timm's benchmark.py measures)
   compile       plain torch.compile (default mode) of the same: the bar the issue sets
-  cvzoo         the torch-cuda engine's recipe: fp16 weights, channels-last, inductor `freezing`
+  cvzoo         the torch-cuda engine's base recipe: fp16 weights, channels-last, inductor `freezing`
                 (weights become constants: BatchNorm folded into the convs, constant folding,
-                layout-optimal weights), torch.compile default mode
+                layout-optimal weights), torch.compile default mode (at batch >= 64 the engine also
+                times the cudnn_relu and conv1x1_mm recipes below and keeps the fastest)
 and --recipes candidates on top of cvzoo's (see RECIPES), and, for --latency models, batch-1 latency of
 eager, torch.compile mode="reduce-overhead" (CUDA graphs), cvzoo (freezing + CUDA graphs) and the
 engine's small-batch recipe (the same + per-conv tactics, cvzoo/engines/conv_tactics.py). Inputs are

@@ -52,8 +52,10 @@ class TorchCudaEngine:
         from .conv_tactics import ConvTacticPass
         torch.backends.cudnn.benchmark = True
         # one compiled graph per batch size and recipe, all of one forward(): dynamo's default limit (8
-        # graphs per function) would silently send further batch sizes to eager mode
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        # graphs per function) would send further batch sizes to eager mode, with one warning
+        dynamo = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # older torch
+        setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
         self.artifact, self.torch, self.threads = artifact, torch, threads
         self.conv_tactics = ConvTacticPass() if conv_tactics else None  # small batches; .log: one line per conv
         # host-side copies of a batch into pinned memory run in parallel chunks (numpy releases the GIL)
