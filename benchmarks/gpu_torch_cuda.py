@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 
 import torch
@@ -30,25 +29,10 @@ import torch
 from cvzoo.bench import machine_info
 from cvzoo.card import get_card
 from cvzoo.engines.conv_tactics import ConvTacticPass, fuse_every_relu
+from cvzoo.engines.torch_cuda import cuda_median_ms as timed  # median ms per call, CUDA events
 from cvzoo.models import build_model, set_bn_statistics
 
 SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "ese_vovnet39b", "cspresnet50", "efficientnetv2_rw_t"]
-
-
-def timed(fn, x, repeats: int, warmup: int) -> float:
-    """Median milliseconds per call, CUDA events around each call."""
-    for _ in range(warmup):
-        fn(x)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(x)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

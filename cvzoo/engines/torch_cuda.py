@@ -22,6 +22,23 @@ def require_cuda():
     return torch
 
 
+def cuda_median_ms(fn, x, repeats: int, warmup: int) -> float:
+    """Median milliseconds per call of fn(x) on the current stream, CUDA events around each call (the
+    warm-up calls, which compile, are not timed)."""
+    import torch
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(x)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
 LARGE_BATCH = 64
 
 
@@ -129,15 +146,7 @@ class TorchCudaEngine:
             # a copy: compiled on the same module, dynamo reused the first recipe's graph (measured: equal times)
             fn = self.compiled if not extra else torch.compile(copy.deepcopy(self.model), dynamic=False)
             with torch._inductor.config.patch(settings):
-                times = []
-                for _ in range(7):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    fn(x)
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end))
-            timed[name], ms[name] = (fn, settings), float(np.median(times[2:]))
+                timed[name], ms[name] = (fn, settings), cuda_median_ms(fn, x, repeats=5, warmup=2)
         best = min(ms, key=ms.get)
         self.tuning[int(x.shape[0])] = {"chosen": best, "ms": ms}
         self._large[x.shape] = timed[best]
