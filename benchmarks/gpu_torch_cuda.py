@@ -13,7 +13,8 @@ and --recipes candidates on top of cvzoo's (see RECIPES), and, for --latency mod
 eager, torch.compile mode="reduce-overhead" (CUDA graphs), cvzoo (freezing + CUDA graphs) and the
 engine's small-batch recipe (the same + per-conv tactics, cvzoo/engines/conv_tactics.py). Inputs are
 seeded and already on the GPU (as in timm's benchmark and trtexec --noDataTransfers);
-`cvzoo_host_fp32_input` adds a host path (pinned float32 host batch -> GPU -> fp16, logits back).
+`cvzoo_host_fp32_input` adds a host path (pinned float32 host batch -> GPU -> fp16, logits back), and
+`cvzoo_host_uint8_input` the engine's (pinned uint8 NHWC pixels -> GPU -> normalized in the graph).
 Timing: CUDA events, median of repeats after warm-up. Every variant's logits are checked against fp32
 eager on the same input (relative L2 error).
 """
@@ -28,8 +29,9 @@ import torch
 
 from cvzoo.bench import machine_info
 from cvzoo.card import get_card
-from cvzoo.engines.conv_tactics import ConvTacticPass, fuse_every_relu
+from cvzoo.engines.conv_tactics import ConvTacticPass
 from cvzoo.engines.torch_cuda import cuda_median_ms as timed  # median ms per call, CUDA events
+from cvzoo.engines.torch_cuda import large_batch_recipes, pixel_input
 from cvzoo.models import build_model, set_bn_statistics
 
 SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "ese_vovnet39b", "cspresnet50", "efficientnetv2_rw_t"]
@@ -42,27 +44,28 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # candidate recipes: (torch.compile mode, extra inductor settings), all on top of freezing; "a+b" combines.
-# A callable setting is a factory: each compile gets a fresh pass.
+# A callable is a factory (each compile gets fresh passes); the engine's own candidates come from the engine.
 RECIPES = {"cudagraphs": ("reduce-overhead", {}), "autotune": ("max-autotune-no-cudagraphs", {}),
            "autotune_cudagraphs": ("max-autotune", {}),
-           # every conv + bias + ReLU (+ residual) as one cuDNN call; per conv the fastest of cuDNN, that
-           # fused call and (1x1) cuBLAS, timed on the GPU (cvzoo/engines/conv_tactics.py, the engine's)
-           "cudnn_relu": ("default", {"post_grad_custom_post_pass": fuse_every_relu}),
-           "tactics": ("default", {"post_grad_custom_post_pass": ConvTacticPass}),
-           # 1x1 convs as GEMMs, and Triton's block-size search on pointwise kernels
-           "conv1x1_mm": ("default", {"conv_1x1_as_mm": True}),
+           # every conv + bias + ReLU (+ residual) as one cuDNN call (the engine's "cudnn_fused_relu")
+           "cudnn_relu": ("default", lambda: large_batch_recipes()["cudnn_fused_relu"]),
+           # per conv the fastest of cuDNN, that fused call and (1x1) cuBLAS, timed on the GPU
+           # (cvzoo/engines/conv_tactics.py, the engine's small-batch pass)
+           "tactics": ("default", lambda: {"post_grad_custom_post_pass": ConvTacticPass()}),
+           # 1x1 convs as GEMMs (the engine's "conv1x1_gemm"), and Triton's block-size search on pointwise kernels
+           "conv1x1_mm": ("default", lambda: large_batch_recipes()["conv1x1_gemm"]),
            "coordesc": ("default", {"coordinate_descent_tuning": True}),
            "aggressive": ("default", {"aggressive_fusion": True, "conv_1x1_as_mm": True,
                                       "coordinate_descent_tuning": True})}
 
 
 def recipe_settings(recipe: str) -> tuple[str, dict]:
-    """Mode and inductor settings of a recipe or a "+"-joined combination (a fresh tactics pass each)."""
+    """Mode and inductor settings of a recipe or a "+"-joined combination (fresh passes each call)."""
     mode, settings = "default", {}
     for part in recipe.split("+"):
         part_mode, extra = RECIPES[part]
         mode = part_mode if part_mode != "default" else mode
-        settings.update({k: (v() if callable(v) else v) for k, v in extra.items()})
+        settings.update(extra() if callable(extra) else extra)
     return mode, settings
 
 
@@ -135,6 +138,17 @@ def measure(name: str, batch: int, latency: bool, repeats: int, recipes: list[st
     with torch._inductor.config.patch(freezing=True):
         ms = timed(end_to_end, host, max(5, repeats // 2), warmup=3)
     row["cvzoo_host_fp32_input"] = {"ms_per_batch": ms, "images_per_s": batch * 1000.0 / ms}
+    # what predict/eval/bench now send the engine: uint8 pixels (a quarter of the bytes), normalized on the GPU
+    pre = card.preprocessing
+    pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=gen).pin_memory()
+    ours_u8 = torch.compile(pixel_input(fp16, pre.mean, pre.std, torch.float16).cuda())
+
+    def end_to_end_u8(h):
+        with torch.inference_mode():
+            return ours_u8(h.cuda(non_blocking=True)).float().cpu()
+    with torch._inductor.config.patch(freezing=True):
+        ms = timed(end_to_end_u8, pixels, max(5, repeats // 2), warmup=3)
+    row["cvzoo_host_uint8_input"] = {"ms_per_batch": ms, "images_per_s": batch * 1000.0 / ms}
     row["cvzoo_best"] = best
     row["speedup_vs_timm_eager"] = row[best]["images_per_s"] / row["timm_eager_amp_fp16"]["images_per_s"]
     row["speedup_vs_torch_compile"] = row[best]["images_per_s"] / row["torch_compile_fp16"]["images_per_s"]

@@ -1,8 +1,10 @@
 """`cvzoo bench`: throughput and latency percentiles (vamp -i/-p/-b, benchmark_app, trtexec).
 
 Instances are engine copies run concurrently by threads of one process (ONNX Runtime and OpenVINO release
-the GIL while they run); processes multiply that. Input is seeded random data unless --images is given,
-which adds decode + preprocessing and is reported separately (the end-to-end number users see).
+the GIL while they run); processes multiply that. Input is seeded random data in the form the pipeline
+hands that engine (normalized float32 NCHW, or uint8 NHWC pixels for an engine that normalizes them
+itself), unless --images is given, which adds decode + preprocessing and is reported separately (the
+end-to-end number users see).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .artifact import Artifact, versions
-from .engines import ENGINES, engine_for, load_engine, physical_cores
+from .engines import ENGINES, accepts_uint8, engine_for, load_engine, physical_cores
 from .errors import CvzooError
 
 
@@ -30,6 +32,7 @@ class Counter:
     latencies: list[float] = field(default_factory=list)
     inference_precision: Optional[str] = None  # what the engine computes in (OpenVINO may fall back to f32)
     tuning: Optional[dict] = None  # recipes an engine timed and chose while running (torch-cuda, large batches)
+    input: str = ""  # what the synthetic batch was
 
 
 def latency_stats(lat: Sequence[float]) -> dict:
@@ -54,13 +57,23 @@ def machine_info() -> dict:
             "avx512_fp16": " avx512_fp16" in flags, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags}
 
 
+def synthetic_batch(engine, batch: int, size: int, seed: int) -> tuple[np.ndarray, str]:
+    """Seeded input in the form predict/eval hand this engine, and its description for the report."""
+    rng = np.random.default_rng(seed)
+    if accepts_uint8(engine):
+        return (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+                "synthetic uint8 NHWC pixels, uniform, seeded (the engine normalizes)")
+    return rng.standard_normal((batch, 3, size, size), dtype=np.float32), "synthetic float32 NCHW N(0,1), seeded"
+
+
 def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instances: int, warmup: float,
                    duration: Optional[float], iterations: Optional[int], seed: int, process: int) -> list[Counter]:
     art = Artifact.load(Path(art_dir))
     size = art.preprocessing.input_size
     engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
-    x = np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32)
-    counters = [Counter(i, process, inference_precision=getattr(e, "inference_precision", None)) for i, e in enumerate(engines)]
+    x, described = synthetic_batch(engines[0], batch, size, seed)
+    counters = [Counter(i, process, inference_precision=getattr(e, "inference_precision", None), input=described)
+                for i, e in enumerate(engines)]
     start = threading.Barrier(instances)
 
     failures: list[BaseException] = []
@@ -136,7 +149,7 @@ def bench_batch(art: Artifact, engine: str, batch: int, instances: int, processe
     all_lat = [t for c in counters for t in c.latencies]
     return {
         "batch": batch, "instances": instances, "processes": processes, "threads_per_instance": threads,
-        "inference_precision": counters[0].inference_precision,
+        "input": counters[0].input, "inference_precision": counters[0].inference_precision,
         **({"engine_tuning": counters[0].tuning} if counters[0].tuning else {}),
         "runs": runs, "images": runs * batch, "seconds": window, "wall_seconds": round(wall, 3),
         "throughput_ips": runs * batch / window,
@@ -165,7 +178,7 @@ def bench_images(art: Artifact, engine: str, folder: Path, batch: int, threads: 
     seconds = time.perf_counter() - t0
     decode_t0, m = time.perf_counter(), 0
     from .predict import decode_stream
-    for _ in decode_stream(paths, art.preprocessing, workers):
+    for _ in decode_stream(paths, art.preprocessing, workers, pixels=p.pixels):
         m += 1
     decode_s = time.perf_counter() - decode_t0
     return {"images": n, "seconds": seconds, "end_to_end_ips": n / seconds, "batch": batch,
@@ -252,7 +265,7 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
               "versions": versions("cvzoo", "onnxruntime", "openvino", "torch", "numpy"),
               "settings": {"instances": instances, "processes": processes, "threads_per_instance": threads,
                            "warmup_s": warmup, "time_s": None if iterations else duration, "iterations": iterations,
-                           "seed": seed, "input": "synthetic N(0,1), seeded"},
+                           "seed": seed, "input": "synthetic, seeded (each result's `input` says which form)"},
               "results": []}
     for b in batches:
         if progress:
@@ -264,8 +277,8 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
             r.update({f"torch_{k}": v for k, v in base.items()})
             r["speedup_vs_timm_eager_amp"] = r["throughput_ips"] / base["timm_eager_amp_fp16"]["throughput_ips"]
             r["speedup_vs_torch_compile"] = r["throughput_ips"] / base["torch_compile_fp16"]["throughput_ips"]
-            r["note"] = ("torch-cuda numbers include the float32 batch's trip from pinned host memory and the "
-                         "logits' way back; the torch baselines run on device-resident input "
+            r["note"] = ("torch-cuda numbers include the uint8 batch's trip from pinned host memory, its "
+                         "normalization and the logits' way back; the torch baselines run on device-resident input "
                          "(benchmarks/gpu_torch_cuda.py compares all three on device-resident input)")
         elif vs_torch:
             t = torch_eager_ips(art, b, cores, warmup, duration or 3.0)

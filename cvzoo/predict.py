@@ -11,7 +11,7 @@ import numpy as np
 
 from .artifact import Artifact, is_artifact
 from .card import Preprocessing
-from .engines import Engine, load_engine, physical_cores
+from .engines import Engine, accepts_uint8, load_engine, physical_cores
 from .errors import CvzooError
 from .postprocess import Prediction, predictions_from_logits
 from .preprocess import image_notes, load_image, normalize, resize_crop
@@ -25,14 +25,17 @@ class Decoded:
     notes: list[str]
 
 
-def _decode(path: Path, pre: Preprocessing) -> Decoded:
+def _decode(path: Path, pre: Preprocessing, pixels: bool = False) -> Decoded:
+    """One file -> the engine's input: float32 CHW normalized, or with `pixels` the uint8 HWC crop (for
+    engines that normalize themselves)."""
     try:
         if path.suffix == ".npz":
             from .datasets import load_npz_image
             img = load_npz_image(path)
         else:
             img = load_image(path)
-        return Decoded(path, normalize(resize_crop(img, pre), pre), None, image_notes(img))
+        crop = resize_crop(img, pre)
+        return Decoded(path, crop if pixels else normalize(crop, pre), None, image_notes(img))
     except CvzooError as e:
         return Decoded(path, None, str(e), [])
     except Exception as e:  # an unforeseen decoder failure must not stop a 50,000-image run
@@ -40,18 +43,18 @@ def _decode(path: Path, pre: Preprocessing) -> Decoded:
 
 
 def decode_stream(paths: Sequence[Path], pre: Preprocessing, workers: Optional[int] = None,
-                  prefetch: int = 64) -> Iterator[Decoded]:
+                  prefetch: int = 64, pixels: bool = False) -> Iterator[Decoded]:
     """Decode + preprocess in a thread pool (Pillow releases the GIL), yielding in input order."""
     workers = workers or physical_cores()
     if workers <= 1:
         for p in paths:
-            yield _decode(p, pre)
+            yield _decode(p, pre, pixels)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvzoo-decode") as pool:
         pending = []
         it = iter(paths)
         for p in it:
-            pending.append(pool.submit(_decode, p, pre))
+            pending.append(pool.submit(_decode, p, pre, pixels))
             if len(pending) >= prefetch:
                 yield pending.pop(0).result()
         for fut in pending:
@@ -103,13 +106,14 @@ class Predictor:
         self.engine: Engine = load_engine(self.artifact, engine, threads=threads, **engine_options)
         self.preprocessing = self.artifact.preprocessing
         self.class_names = self.artifact.class_names
+        self.pixels = accepts_uint8(self.engine)  # hand the engine uint8 crops, not normalized floats
 
     def logits(self, arrays: np.ndarray) -> np.ndarray:
         return self.engine.run(arrays)
 
     def predict(self, image: Union[str, Path], topk: int = 5) -> Prediction:
         """One image; raises CvzooError if it cannot be decoded."""
-        d = _decode(Path(image), self.preprocessing)
+        d = _decode(Path(image), self.preprocessing, self.pixels)
         if d.error:
             raise CvzooError(d.error)
         pred = predictions_from_logits([str(image)], self.logits(d.array[None]), self.class_names, topk)[0]
@@ -121,7 +125,7 @@ class Predictor:
         """Many images, in order; a bad image yields a Prediction with `error` set and the run goes on."""
         if batch < 1:
             raise CvzooError(f"--batch must be >= 1, got {batch}")
-        stream = decode_stream([Path(p) for p in paths], self.preprocessing, workers)
+        stream = decode_stream([Path(p) for p in paths], self.preprocessing, workers, pixels=self.pixels)
         for chunk in batches(stream, batch):
             good = [d for d in chunk if d.error is None]
             preds = iter(predictions_from_logits([str(d.path) for d in good],

@@ -35,6 +35,7 @@ def test_bench_fixture_and_zoo_model_json(artifacts, tmp_path):
         for r in rep["results"]:
             _sane(r)
             assert r["runs"] == 5 and r["images"] == 5 * r["batch"]
+            assert r["input"] == "synthetic float32 NCHW N(0,1), seeded"  # ONNX Runtime takes normalized floats
         assert (tmp_path / "b.csv").read_text().count("\n") == 3
 
 
@@ -140,8 +141,7 @@ def test_torch_cuda_engine_matches_ort(name, weights, artifacts):
     x = np.random.default_rng(0).standard_normal((64, 3, size, size), dtype=np.float32)
     a = load_engine(art, "onnxruntime").run(x)
     gpu = load_engine(art, "torch-cuda")
-    # CUDA graphs + per-conv tactics (b <= 8), the plain compiled path, and the timed whole-graph recipes
-    # (b >= 64: so far run on a GPU through `cvzoo bench` only, not by this test)
+    # CUDA graphs + per-conv tactics (b <= 8), the plain compiled path, and the timed whole-graph recipes (b >= 64)
     for batch in (x[:4], x[:16], x):
         b = gpu.run(batch)
         ref = a[:len(batch)]
@@ -151,6 +151,22 @@ def test_torch_cuda_engine_matches_ort(name, weights, artifacts):
         if weights == "default":  # trained: confident predictions must agree
             assert (b.argmax(1) == ref.argmax(1)).mean() >= 0.9
     assert set(gpu.tuning[64]["ms"]) == {"inductor", "cudnn_fused_relu", "conv1x1_gemm"}
+    # uint8 pixels (what predict/eval/bench hand this engine), normalized in the compiled graph: real photos
+    from cvzoo.export import demo_images
+    from cvzoo.preprocess import load_image, normalize, resize_crop
+    pre = Artifact.load(art).preprocessing
+    crops = [resize_crop(load_image(p), pre) for p in demo_images()]
+    pixels = np.stack([crops[i % len(crops)] for i in range(64)])
+    ref = load_engine(art, "onnxruntime").run(np.stack([normalize(c, pre) for c in pixels]))
+    for n in (4, 16, 64):
+        b = gpu.run(pixels[:n])
+        assert np.linalg.norm(b - ref[:n]) / np.linalg.norm(ref[:n]) < 5e-2
+    from cvzoo.predict import Predictor
+    p = Predictor(art, engine="torch-cuda")
+    assert p.pixels
+    if weights == "default":  # the Predictor's answers are the engine's on the same crops
+        top1 = [q.ids[0] for q in p.predict_paths(demo_images(), batch=4)]
+        assert top1 == gpu.run(np.stack(crops)).argmax(1).tolist()
 
 
 def test_openvino_instances_sharing_the_cores_are_not_pinned(artifacts):
@@ -208,3 +224,31 @@ def test_bench_defaults_to_the_engine_an_artifact_was_built_for(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cvzoo", "bench", str(art), "-e", "onnxruntime", "--iterations", "1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "use --engine openvino" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pixel_input_normalizes_like_the_host():
+    """torch-cuda's uint8 path: (x/255 - mean)/std on the device equals preprocess.normalize, and the
+    network sees channels-last memory without a copy. Runs on the CPU (the arithmetic is the same)."""
+    import numpy as np
+    import torch
+    from cvzoo.card import get_card
+    from cvzoo.engines.torch_cuda import pixel_input
+    from cvzoo.export import demo_images
+    from cvzoo.preprocess import load_image, normalize, resize_crop
+    pre = get_card("dla34").preprocessing  # per-channel mean/std: a swapped channel would show
+    pixels = np.stack([resize_crop(load_image(p), pre) for p in demo_images()])
+    host = np.stack([normalize(img, pre) for img in pixels])
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+            return x
+
+    with torch.inference_mode():
+        for dtype, to_np in ((torch.float32, np.float32), (torch.float16, np.float16)):
+            out = pixel_input(Probe(), pre.mean, pre.std, dtype)(torch.from_numpy(pixels))
+            assert out.dtype == dtype and np.array_equal(out.numpy(), host.astype(to_np))
+        compiled = torch.compile(pixel_input(torch.nn.Identity(), pre.mean, pre.std, torch.float32), dynamic=False)
+        np.testing.assert_allclose(compiled(torch.from_numpy(pixels)).numpy(), host, rtol=0, atol=1e-6)
+    assert seen == [True, True]

@@ -127,3 +127,36 @@ def test_predictor_on_model_name_exports_into_cache(tmp_path, monkeypatch):
     p = Predictor("dla46_c")
     assert (tmp_path / "artifacts").is_dir() and p.artifact.name == "dla46_c"
     assert Predictor("dla46_c").artifact.folder == p.artifact.folder  # reused
+
+
+def test_engine_that_normalizes_gets_uint8_pixels_and_the_same_answers(artifacts, monkeypatch):
+    """An engine with accepts_uint8 (torch-cuda) is handed the uint8 crop, and normalizes it itself. That
+    engine needs a GPU, which CI lacks: here ONNX Runtime behind preprocess.normalize stands in for it, to
+    test the Predictor's side (tests/test_bench.py runs the real engine where a GPU exists)."""
+    import cvzoo.predict
+    from cvzoo.export import demo_images
+    from cvzoo.preprocess import normalize
+
+    class PixelsThenOrt:
+        accepts_uint8 = True
+
+        def __init__(self, inner):
+            self.inner, self.name, self.artifact, self.seen = inner, inner.name, inner.artifact, []
+
+        def run(self, batch):
+            self.seen.append((batch.dtype, batch.shape))
+            return self.inner.run(np.stack([normalize(img, self.artifact.preprocessing) for img in batch]))
+
+        def close(self):
+            self.inner.close()
+
+    art = artifacts("tf_efficientnet_lite0")
+    paths = demo_images() + [__file__]  # one file that is not an image: the run goes on
+    floats = list(Predictor(art).predict_paths(paths, batch=3))
+    real_load = cvzoo.predict.load_engine
+    monkeypatch.setattr(cvzoo.predict, "load_engine", lambda *a, **k: PixelsThenOrt(real_load(*a, **k)))
+    p = Predictor(art)
+    pixels = list(p.predict_paths(paths, batch=3)) + [p.predict(paths[0])]
+    assert [(q.ids, q.probs, q.error) for q in pixels] == [(q.ids, q.probs, q.error) for q in floats + floats[:1]]
+    assert pixels[-1].ids[0] == floats[0].ids[0] and floats[-1].error
+    assert {s for s in p.engine.seen} == {(np.dtype(np.uint8), (n, 224, 224, 3)) for n in (3, 2, 1)}

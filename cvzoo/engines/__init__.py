@@ -1,4 +1,6 @@
-"""Engines: load an artifact, run a batch of preprocessed float32 NCHW arrays, return logits.
+"""Engines: load an artifact, run a batch of preprocessed float32 NCHW arrays, return logits. An engine
+with `accepts_uint8 = True` also takes the uint8 NHWC pixels before normalization and normalizes them
+itself (the GPU engine: a quarter of the bytes to send, and the arithmetic runs on the GPU).
 
 Each engine is a module with `load(artifact, threads=None, **options) -> Engine`; imported on demand so
 that a deployed machine only needs the engine it uses.
@@ -28,9 +30,14 @@ class Engine(Protocol):
     artifact: Artifact
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, 3, H, W) -> float32 logits (N, classes)."""
+        """float32 (N, 3, H, W) -> float32 logits (N, classes); where accepts_uint8, uint8 (N, H, W, 3) too."""
 
     def close(self) -> None: ...
+
+
+def accepts_uint8(engine: Engine) -> bool:
+    """Whether `engine` normalizes uint8 pixels itself (preprocessing then stops after resize + crop)."""
+    return bool(getattr(engine, "accepts_uint8", False))
 
 
 def physical_cores() -> int:

@@ -1,6 +1,6 @@
 """PyTorch CUDA engine: fp16/bf16, channels-last, frozen torch.compile (CUDA graphs for small batches),
-pinned host buffers. The GPU path needs torch by nature; it rebuilds the network from the manifest's
-card (timm) and the checkpoint recorded at export time."""
+pinned host buffers, and uint8 pixels normalized on the GPU. The GPU path needs torch by nature; it
+rebuilds the network from the manifest's card (timm) and the checkpoint recorded at export time."""
 from __future__ import annotations
 
 import copy
@@ -42,6 +42,28 @@ def cuda_median_ms(fn, x, repeats: int, warmup: int) -> float:
 LARGE_BATCH = 64
 
 
+def pixel_input(model, mean, std, dtype):
+    """`model` behind the last step of preprocessing: uint8 (N, H, W, 3) RGB pixels, resized and cropped,
+    become (x/255 - mean)/std in float32 (preprocess.normalize's arithmetic), then `dtype`, channels-last.
+    Compiled with the network, this is one pointwise kernel on the GPU, and the host sends a quarter of
+    the bytes a float32 batch takes (a 256-image 224 px batch: 38.5 MB instead of 154 MB)."""
+    import torch
+
+    class PixelInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, pixels):
+            # NHWC memory seen as NCHW is channels-last already: no copy before the network
+            x = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+            return self.net(((x - self.mean) / self.std).to(dtype))
+
+    return PixelInput()
+
+
 def large_batch_recipes() -> dict[str, dict]:
     """Whole-graph recipes for batch >= LARGE_BATCH, as inductor settings on top of freezing. Measured on an
     H100 none wins for every model (cuDNN-fused ReLU: ese_vovnet39b +9%, ese_vovnet19b_dw -36%; 1x1 convs on
@@ -60,8 +82,11 @@ class TorchCudaEngine:
     "reduce-overhead") and per-conv tactics timed at compile (conv_tactics: cuDNN's fused conv-bias-ReLU,
     or cuBLAS for 1x1 convs, where faster: dla34 batch 1 0.63 -> 0.43 ms on an H100; at batch 256 those
     per-conv choices made networks up to 37% slower). max-autotune measured no faster and compiles ~40x
-    longer. cuDNN autotuning (cudnn.benchmark) is switched on for the process, as timm's benchmark does."""
+    longer. cuDNN autotuning (cudnn.benchmark) is switched on for the process, as timm's benchmark does.
+    Input: predict/eval/bench hand it uint8 pixels (accepts_uint8), which the compiled graph normalizes;
+    float32 batches still run (one compiled graph per input form)."""
     name = "torch-cuda"
+    accepts_uint8 = True  # run() also takes uint8 (N, H, W, 3) pixels and normalizes them on the GPU
 
     def __init__(self, artifact: Artifact, threads: Optional[int] = None, dtype: Optional[str] = None,
                  small_batch_graphs: bool = True, conv_tactics: bool = True, tune_large_batches: bool = True):
@@ -81,28 +106,32 @@ class TorchCudaEngine:
         self.inference_precision = dtype
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
         model = source_model_of(artifact).cuda().eval().to(memory_format=torch.channels_last).to(self.dtype)
+        pre = artifact.preprocessing
+        # two inputs, one network: float32 NCHW (normalized on the host) or uint8 NHWC pixels (normalized here)
+        self.models = {"float32": model, "uint8": pixel_input(model, pre.mean, pre.std, self.dtype).cuda()}
         # one static graph per batch size (dynamic=False): after batch 1, batch 8 would otherwise recompile
         # with symbolic shapes, which CUDA graphs then failed on (AssertionError, torch 2.11)
-        self.model, self.tune_large_batches = model, tune_large_batches
-        self.compiled = torch.compile(model, dynamic=False)
-        self.graphed = (torch.compile(model, mode="reduce-overhead", dynamic=False) if small_batch_graphs
-                        else self.compiled)
+        self.tune_large_batches = tune_large_batches
+        self.compiled = {k: torch.compile(m, dynamic=False) for k, m in self.models.items()}
+        self.graphed = ({k: torch.compile(m, mode="reduce-overhead", dynamic=False) for k, m in self.models.items()}
+                        if small_batch_graphs else self.compiled)
         self._buffers: dict[tuple, tuple] = {}
-        self._large: dict[tuple, tuple] = {}  # input shape -> (compiled fn, its inductor settings)
+        self._large: dict[tuple, tuple] = {}  # (input shape, dtype) -> (compiled fn, its inductor settings)
         self.tuning: dict[int, dict] = {}     # batch -> {"chosen": recipe, "ms": {recipe: ms per batch}}
         # each engine instance on its own stream: two instances overlap one's transfers with the other's
         # compute (on the shared default stream they ran strictly one after the other)
         self.stream = torch.cuda.Stream()
 
     def upload(self, batch: np.ndarray):
-        """float32 host batch -> GPU, in chunks: while the GPU copies chunk i from pinned memory, CPU threads
-        fill the next chunks (a 256-image 224 px batch is 154 MB; copied whole and then sent, the copies
-        took longer than the network)."""
+        """Host batch -> GPU, in chunks: while the GPU copies chunk i from pinned memory, CPU threads fill the
+        next chunks (a 256-image 224 px float32 batch is 154 MB; copied whole and then sent, the copies took
+        longer than the network). float32 arrives as the network's dtype, channels-last; uint8 as it is."""
         torch = self.torch
-        key = batch.shape
+        key = (batch.shape, batch.dtype.str)
         if key not in self._buffers:
-            self._buffers[key] = (torch.empty(key, dtype=torch.float32, pin_memory=True),
-                                  torch.empty(key, dtype=torch.float32, device="cuda"))
+            dtype = torch.from_numpy(batch[:0]).dtype
+            self._buffers[key] = (torch.empty(batch.shape, dtype=dtype, pin_memory=True),
+                                  torch.empty(batch.shape, dtype=dtype, device="cuda"))
         host, dev = self._buffers[key]
         # the previous call's transfers finished before it returned (its logits came back after them)
         pinned = host.numpy()
@@ -116,13 +145,26 @@ class TorchCudaEngine:
             for (a, b), done in zip(spans, filled):
                 done.result()
                 dev[a:b].copy_(host[a:b], non_blocking=True)
-        return dev.to(self.dtype, memory_format=torch.channels_last)
+        return dev if batch.dtype == np.uint8 else dev.to(self.dtype, memory_format=torch.channels_last)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) normalized, or uint8 (N, H, W, 3) pixels -> float32 logits."""
+        kind = self.input_kind(batch)
+        if kind == "float32" and batch.dtype != np.float32:
+            batch = batch.astype(np.float32)
         with self.torch.cuda.stream(self.stream):
-            return self._run(batch)
+            return self._run(batch, kind)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def input_kind(self, batch: np.ndarray) -> str:
+        size = self.artifact.preprocessing.input_size
+        if batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[1:] == (size, size, 3):
+            return "uint8"
+        if batch.dtype.kind == "f" and batch.ndim == 4 and batch.shape[1:] == (3, size, size):
+            return "float32"
+        raise CvzooError(f"{self.artifact.folder}: engine 'torch-cuda' takes float32 (N, 3, {size}, {size}) or uint8 "
+                         f"(N, {size}, {size}, 3) batches, got {batch.dtype} {tuple(batch.shape)}")
+
+    def _run(self, batch: np.ndarray, kind: str) -> np.ndarray:
         torch = self.torch
         x = self.upload(batch)
         small = batch.shape[0] <= 8
@@ -132,32 +174,33 @@ class TorchCudaEngine:
         # plain (non-tree) CUDA graphs have no such tie.
         settings = {"freezing": True, "triton.cudagraph_trees": False,
                     "post_grad_custom_post_pass": self.conv_tactics if small else None}
-        fn = self.graphed if small else self.compiled
+        fn = (self.graphed if small else self.compiled)[kind]
         with torch.inference_mode():
             if batch.shape[0] >= LARGE_BATCH and self.tune_large_batches:
-                fn, settings = self._large.get(x.shape) or self._tune(x, settings)
+                fn, settings = self._large.get((x.shape, x.dtype)) or self._tune(x, kind, settings)
             with torch._inductor.config.patch(settings):
                 out = fn(x)
             return out.float().cpu().numpy()  # copied out before a CUDA-graph replay can overwrite it
 
-    def _tune(self, x, base: dict) -> tuple:
-        """Compile each large-batch recipe for this input shape, time it on the batch (median of 5 after
-        2 warm-ups, CUDA events), keep the fastest."""
+    def _tune(self, x, kind: str, base: dict) -> tuple:
+        """Compile each large-batch recipe for this input, time it on the batch (median of 5 after 2
+        warm-ups, CUDA events), keep the fastest."""
         torch = self.torch
         timed, ms = {}, {}
         for name, extra in large_batch_recipes().items():
             settings = {**base, **extra}
             # a copy: compiled on the same module, dynamo reused the first recipe's graph (measured: equal times)
-            fn = self.compiled if not extra else torch.compile(copy.deepcopy(self.model), dynamic=False)
+            fn = (self.compiled[kind] if not extra
+                  else torch.compile(copy.deepcopy(self.models[kind]), dynamic=False))
             with torch._inductor.config.patch(settings):
                 timed[name], ms[name] = (fn, settings), cuda_median_ms(fn, x, repeats=5, warmup=2)
         best = min(ms, key=ms.get)
         self.tuning[int(x.shape[0])] = {"chosen": best, "ms": ms}
-        self._large[x.shape] = timed[best]
+        self._large[(x.shape, x.dtype)] = timed[best]
         return timed[best]
 
     def close(self) -> None:
-        self.compiled = self.graphed = None
+        self.compiled = self.graphed = self.models = None
         self._copiers.shutdown()
 
 
