@@ -159,4 +159,4 @@ def test_engine_that_normalizes_gets_uint8_pixels_and_the_same_answers(artifacts
     pixels = list(p.predict_paths(paths, batch=3)) + [p.predict(paths[0])]
     assert [(q.ids, q.probs, q.error) for q in pixels] == [(q.ids, q.probs, q.error) for q in floats + floats[:1]]
     assert pixels[-1].ids[0] == floats[0].ids[0] and floats[-1].error
-    assert {s for s in p.engine.seen} == {(np.dtype(np.uint8), (n, 224, 224, 3)) for n in (3, 2, 1)}
+    assert set(p.engine.seen) == {(np.dtype(np.uint8), (n, 224, 224, 3)) for n in (3, 2, 1)}
