@@ -62,7 +62,7 @@ def test_table_normalize_gives_the_bits_of_the_arithmetic():
     every pixel value in every channel, for every mean/std in the zoo."""
     from cvzoo.preprocess import normalize
     every = np.stack([np.arange(256, dtype=np.uint8)] * 3, axis=-1)[None]  # (1, 256, 3): each value per channel
-    for mean, std in {(tuple(c.preprocessing.mean), tuple(c.preprocessing.std)) for c in list_models()}:
-        pre = next(c for c in list_models() if (tuple(c.preprocessing.mean), tuple(c.preprocessing.std)) == (mean, std))
-        arithmetic = (every.astype(np.float32) / np.float32(255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        assert np.array_equal(normalize(every, pre.preprocessing), arithmetic.transpose(2, 0, 1))
+    distinct = {(tuple(c.preprocessing.mean), tuple(c.preprocessing.std)): c.preprocessing for c in list_models()}
+    for pre in distinct.values():
+        arithmetic = (every.astype(np.float32) / np.float32(255.0) - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+        assert np.array_equal(normalize(every, pre), arithmetic.transpose(2, 0, 1))
