@@ -292,11 +292,12 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
     return report
 
 
+SPEEDUPS = ["speedup_vs_torch_eager", "speedup_vs_timm_eager_amp", "speedup_vs_torch_compile"]  # --vs-torch, CPU | GPU
 CSV_FIELDS = ["model", "precision", "engine", "batch", "instances", "processes", "threads_per_instance",
-              "throughput_ips", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "speedup_vs_torch_eager"]
+              "throughput_ips", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", *SPEEDUPS]
 
 
 def csv_rows(report: dict) -> list[dict]:
     return [{"model": report["model"], "precision": report["precision"], "engine": report["engine"],
              **{k: r[k] for k in ("batch", "instances", "processes", "threads_per_instance", "throughput_ips")},
-             **r["latency"], "speedup_vs_torch_eager": r.get("speedup_vs_torch_eager")} for r in report["results"]]
+             **r["latency"], **{k: r.get(k) for k in SPEEDUPS}} for r in report["results"]]

@@ -25,6 +25,7 @@ from .errors import CvzooError
 
 Say = Callable[[str], None]
 CALIBRATION_CACHE = "calibration.cache.json"  # tensor ranges, shared by every requantization of a build
+OUTLIER_RATIO = 4.0  # a calibration image whose activations reach this many times the median image's is reported
 
 
 @dataclass
@@ -117,11 +118,17 @@ class Int8Form:
                 f"{'' if self.outputs else '-inputs_only'}")
 
 
+def calibration_reader(arrays: np.ndarray, input_name: str, q: QuantizeConfig) -> ArrayReader:
+    """mean_minmax averages per-batch ranges: batches of one image make that the mean over images."""
+    return ArrayReader(arrays, input_name, batch=1 if q.calibrate_mode == "mean_minmax" else 8)
+
+
 def _quantize(src: Path, dst: Path, reader: ArrayReader, q: QuantizeConfig, form: Int8Form,
               exclude: list[str], cache: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     op_types = list(q.op_types) or ["Conv", "Gemm", "MatMul"]  # [] = ORT's default list; outputs-off needs names
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+    method = {"minmax": CalibrationMethod.MinMax, "mean_minmax": CalibrationMethod.MinMax,
+              "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy, "distribution": CalibrationMethod.Distribution}[q.calibrate_mode]
     reader.rewind()
     root = logging.getLogger()
@@ -135,7 +142,9 @@ def _quantize(src: Path, dst: Path, reader: ArrayReader, q: QuantizeConfig, form
             activation_type=QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
             op_types_to_quantize=list(q.op_types) or None,  # ORT's own default list when empty
+            # ORT's moving-average MinMax averages the per-batch min/max of one pass (see calibration_reader)
             extra_options={"CalibPercentile": q.percentile, "ActivationSymmetric": q.symmetric_activations,
+                           "CalibMovingAverage": q.calibrate_mode == "mean_minmax",
                            "WeightSymmetric": True,
                            "OpTypesToExcludeOutputQuantization": [] if form.outputs else list(op_types)},
             calibration_cache_path=str(cache),  # calibrate once, requantize with exclusions cheaply
@@ -148,10 +157,14 @@ def rank_sensitivity(fp32_path: Path, qdq_path: Path, arrays: np.ndarray,
                      op_types: list[str]) -> list[tuple[str, float]]:
     """Quantized nodes, most sensitive first, by isolated sensitivity: for each node, a variant of the
     QDQ graph where only that node reads int8 inputs (everything else is rewired to the float tensors),
-    scored by the relative error of the logits against fp32. Graph surgery, no requantization; errors in
-    EfficientNet-like nets accumulate over many layers, so per-tensor SQNR ranks them poorly."""
+    scored by the relative error of the logits against fp32 (int32 biases stay quantized in every variant).
+    Graph surgery, no requantization; errors in EfficientNet-like nets accumulate over many layers, so
+    per-tensor SQNR ranks them poorly. A variant's proto holds only the nodes it runs (the Q/DQ it no longer
+    reads are dropped) and refers to the weights, which every variant's session shares as OrtValues: per node
+    one small proto and one session, not a copy, serialization and parse of the whole model (3x faster)."""
     import onnx
     import onnxruntime as ort
+    from onnx import numpy_helper
     suffix = "_DequantizeLinear_Output"
     fm, qm = onnx.load(str(fp32_path)), onnx.load(str(qdq_path))
     float_inits = {i.name: i for i in fm.graph.initializer}
@@ -164,32 +177,90 @@ def rank_sensitivity(fp32_path: Path, qdq_path: Path, arrays: np.ndarray,
                 float_src[n.output[0]] = src
     targets = [n.name for n in qm.graph.node if n.name and (not op_types or n.op_type in op_types)
                and any(i in float_src for i in n.input)]
-    name = qm.graph.input[0].name
+    have = {i.name for i in qm.graph.initializer}
+    float_weights = {s for s in float_src.values() if s in float_inits}
+    qm.graph.initializer.extend(float_inits[s] for s in sorted(float_weights - have))
+    shared = {}
+    for init in qm.graph.initializer:
+        if init.ByteSize() > 4096:  # weights; scales and zero points stay in the proto
+            shared[init.name] = ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(init))
+            for field in ("raw_data", "float_data", "int32_data", "int64_data"):
+                init.ClearField(field)
+            init.data_location = onnx.TensorProto.EXTERNAL
+            init.external_data.add(key="location", value="cvzoo-shared-initializer")
+    nodes, inits = list(qm.graph.node), list(qm.graph.initializer)
+    del qm.graph.node[:], qm.graph.initializer[:]
+    outputs = {o.name for o in qm.graph.output}
+    input_name = qm.graph.input[0].name
+
+    def logits(target: str) -> np.ndarray:
+        live, needed = [], set(outputs)
+        for node in reversed(nodes):  # graph order is topological: walk back from the outputs
+            if not needed.intersection(node.output):
+                continue
+            n = onnx.NodeProto()
+            n.CopyFrom(node)
+            if n.name != target:
+                for k, i in enumerate(n.input):
+                    n.input[k] = float_src.get(i, i)
+            live.append(n)
+            needed.update(n.input)
+        variant = onnx.ModelProto()
+        variant.CopyFrom(qm)
+        variant.graph.node.extend(reversed(live))
+        variant.graph.initializer.extend(i for i in inits if i.name in needed)
+        names = [n for n in shared if n in needed]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.add_external_initializers(names, [shared[n] for n in names])
+        sess = ort.InferenceSession(variant.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, {input_name: arrays})[0]
+
+    ref = ort_session(fp32_path).run(None, {fm.graph.input[0].name: arrays})[0]
+    scale = float(np.mean(ref ** 2)) or 1.0
+    scores = [(t, float(np.mean((logits(t) - ref) ** 2)) / scale) for t in targets]
+    return sorted(scores, key=lambda kv: -kv[1])
+
+
+def calibration_outliers(fp32_path: Path, arrays: np.ndarray, files: list[Path], tensors: list[str],
+                         ratio: float = OUTLIER_RATIO, min_share: float = 0.05) -> list[dict]:
+    """Calibration images whose activations dwarf the others': per image and tensor the largest |value|, and the
+    tensors where it is >= `ratio` x the median image's. Pooled statistics (minmax, percentile, entropy) take
+    such a tensor's range from those images and leave every other image a few int8 levels there. Listed: images
+    with such values in at least `min_share` of the tensors."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    m = onnx.load(str(fp32_path))
+    known = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
+    names = [t for t in tensors if t in known]
+    if not names:
+        return []
+    del m.graph.output[:]
+    for k, t in enumerate(names):
+        m.graph.node.extend([helper.make_node("Abs", [t], [f"cvzoo_abs_{k}"]),
+                             helper.make_node("ReduceMax", [f"cvzoo_abs_{k}"], [f"cvzoo_absmax_{k}"], keepdims=0)])
+        m.graph.output.append(helper.make_tensor_value_info(f"cvzoo_absmax_{k}", onnx.TensorProto.FLOAT, []))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    absmax = np.array([[float(v) for v in sess.run(None, {m.graph.input[0].name: x[None]})] for x in arrays])
+    times = absmax / np.maximum(np.median(absmax, axis=0), 1e-12)  # (images, tensors)
+    found = [{"file": str(files[i]), "tensors": int((times[i] >= ratio).sum()), "of": len(names),
+              "max_times_median": round(float(times[i].max()), 1)} for i in range(len(files))
+             if (times[i] >= ratio).sum() >= max(1.0, min_share * len(names))]
+    found.sort(key=lambda f: (-f["tensors"], -f["max_times_median"]))
+    return found
 
-    def logits(model) -> np.ndarray:
-        sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-        return sess.run(None, {name: arrays})[0]
 
-    ref = logits(fm)
-    scale = float(np.mean(ref ** 2)) or 1.0
-    base = onnx.ModelProto()
-    base.CopyFrom(qm)
-    needed = {src for src in float_src.values() if src in float_inits}
-    have = {i.name for i in base.graph.initializer}
-    base.graph.initializer.extend(float_inits[s] for s in sorted(needed - have))
-    scores = []
-    for target in targets:
-        variant = onnx.ModelProto()
-        variant.CopyFrom(base)
-        for node in variant.graph.node:
-            if node.name != target:
-                for k, inp in enumerate(node.input):
-                    if inp in float_src:
-                        node.input[k] = float_src[inp]
-        scores.append((target, float(np.mean((logits(variant) - ref) ** 2)) / scale))
-    return sorted(scores, key=lambda kv: -kv[1])
+def outlier_note(outliers: list[dict], mode: str) -> str:
+    names = ", ".join(f"{Path(o['file']).name} ({o['tensors']} of {o['of']} tensors, "
+                      f"up to {o['max_times_median']:.0f}x)" for o in outliers[:3])
+    advice = ("" if mode == "mean_minmax" else f"; {mode} takes those tensors' ranges from them, leaving the other "
+              "images few int8 levels there: try --calibrate-mode mean_minmax (each image's range, averaged) or "
+              "leave them out")
+    return (f"calibration: {len(outliers)} image(s) with activations >= {OUTLIER_RATIO:g}x the median image's: "
+            f"{names}{advice}")
 
 
 @dataclass
@@ -388,13 +459,19 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
         + (" (labelled)" if held_labels is not None else ""))
     prepped = work / "fp32-prepped.onnx"
     quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)  # BN folding, shape inference
-    reader = ArrayReader(calib, input_name)
+    reader = calibration_reader(calib, input_name, cfg.quantize)
     ref = run_logits(fp32, held)
 
     q = cfg.quantize
     engine = "openvino" if cfg.engine == "openvino" else "onnxruntime"  # whose int8 kernels the guard measures
     first = Int8Form(q.format if q.format != "auto" else "qdq", bool(q.reduce_range), q.quantize_outputs is not False)
     path, excluded, trials, fid = guarded_int8(prepped, work, reader, held, held_labels, ref, cfg, first, engine, say)
+    outliers = []
+    if cfg.guard.enabled and not trials[0].passed:  # int8 missed the target: do a few images set the ranges?
+        tensors = list(json.loads((work / CALIBRATION_CACHE).read_text())["data"])
+        outliers = calibration_outliers(prepped, calib, calib_used, tensors)
+        if outliers:
+            say(outlier_note(outliers, q.calibrate_mode))
     chosen, timings = first, {}
     candidates = []
     if q.format == "auto" and engine == "openvino":  # OpenVINO reads QDQ only; where the Q/DQ sit matters
@@ -448,6 +525,7 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name:
         "calibration": {"path": str(cfg.calibration.path), "count": len(calib_used), "seed": cfg.calibration.seed,
                         "files": [{"path": str(p), "sha256": sha256(p)} for p in calib_used]},
         "guard": {**cfg.guard.model_dump(), "held_out": [str(p) for p in held_used], "labelled": held_labels is not None,
+                  "calibration_outliers": outliers,
                   "before": trials[0].fidelity, "after": fid.as_dict(),
                   "trials": [asdict(t) for t in trials], "passed": fid.passes(cfg.guard.min_agreement,
                                                                              cfg.guard.max_top1_drop)},

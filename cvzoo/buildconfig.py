@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import CvzooError
 
-CalibrateMode = Literal["minmax", "percentile", "entropy", "distribution"]
+# mean_minmax: each image's min/max, averaged over the images (NNCF's default for per-tensor activations); the
+# others pool every image's values, so one image with extreme activations sets the range of a small tensor
+CalibrateMode = Literal["minmax", "mean_minmax", "percentile", "entropy", "distribution"]
 CALIBRATE_ALIASES = {"kl_divergence": "entropy", "kl": "entropy", "max": "minmax"}  # the seeds' names
 
 

@@ -218,7 +218,7 @@ def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name")
           count: Optional[int] = typer.Option(None, "--count", help="calibration images"),
           seed: Optional[int] = typer.Option(None, "--seed"),
           holdout: Optional[float] = typer.Option(None, "--holdout", help="share kept out for the guard"),
-          calibrate_mode: Optional[str] = typer.Option(None, "--calibrate-mode", help="minmax | percentile | entropy (kl_divergence) | distribution"),
+          calibrate_mode: Optional[str] = typer.Option(None, "--calibrate-mode", help="minmax | mean_minmax | percentile | entropy (kl_divergence) | distribution"),
           percentile: Optional[float] = typer.Option(None, "--percentile"),
           per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor"),
           symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="activations"),

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from cvzoo.bench import bench, bench_batch
+from cvzoo.bench import CSV_FIELDS, bench, bench_batch, csv_rows
 from cvzoo.artifact import Artifact
 from cvzoo.errors import CvzooError
 
@@ -84,6 +84,9 @@ def test_vs_torch_and_end_to_end(artifacts):
                 images=demo_images()[0].parent)
     r = rep["results"][0]
     assert r["torch_eager_fp32"]["throughput_ips"] > 0 and r["speedup_vs_torch_eager"] > 0
+    row = csv_rows(rep)[0]  # the CSV carries the ratio; the GPU ratios' columns stay empty on a CPU engine
+    assert row["speedup_vs_torch_eager"] == r["speedup_vs_torch_eager"] and set(row) == set(CSV_FIELDS)
+    assert row["speedup_vs_torch_compile"] is None
     e = rep["end_to_end"]
     assert e["end_to_end_ips"] > 0 and e["decode_preprocess_only_ips"] > 0
 

@@ -5,6 +5,7 @@ Calibration for the Imagenette fixtures: 200 class-balanced images of ../shared/
 all 1000 images of ../shared/data/imagenette-val.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,8 +95,30 @@ def test_guard_off_vs_on_efficientnetv2(fp32_top1, int8_build):
 
 @pytest.mark.shared
 @pytest.mark.slow
+def test_mean_minmax_efficientnetv2(fp32_top1, int8_build):
+    """Two of the 100 calibration photos drive efficientnetv2_rw_t's activations to up to 73x the median image's
+    (in 302 and 205 of its 327 calibrated tensors); pooled statistics (percentile) take those ranges from them,
+    per-image means do not."""
+    name = "efficientnetv2_rw_t-imagenette"
+    pct, top_pct = int8_build(name, "percentile", guard=False)
+    mmm, top_mmm = int8_build(name, "mean_minmax", guard=False)
+    guarded, top_guarded = int8_build(name, "mean_minmax")
+    ref = fp32_top1(name)
+    agree = {k: Artifact.load(a).manifest["build"]["guard"]["before"]["agreement"] for k, a in (("pct", pct),
+                                                                                                  ("mmm", mmm))}
+    print(f"{name}, guard off: percentile {top_pct:.1f} (held-out agreement {100 * agree['pct']:.0f}%), mean_minmax "
+          f"{top_mmm:.1f} ({100 * agree['mmm']:.0f}%); mean_minmax guard on {top_guarded:.1f}; fp32 {ref:.1f}")
+    assert top_mmm > top_pct + 3.0 and agree["mmm"] > agree["pct"] + 0.1
+    assert ref - top_guarded <= MAX_DROP[name]
+    # the guarded percentile build names them (and the manifest keeps the list)
+    outliers = Artifact.load(int8_build(name, "percentile")[0]).manifest["build"]["guard"]["calibration_outliers"]
+    assert {"n01537544_indigo_bunting.JPEG", "n01693334_green_lizard.JPEG"} <= {Path(o["file"]).name for o in outliers}
+
+
+@pytest.mark.shared
+@pytest.mark.slow
 def test_lite0_int8_on_imagenet_sample_disjoint_halves(tmp_path):
-    cfg = load_config(__import__("pathlib").Path("configs/tf_efficientnet_lite0_int8.yaml"))
+    cfg = load_config(Path("configs/tf_efficientnet_lite0_int8.yaml"))
     cfg.calibration.path = need(IMAGENET_SAMPLE)
     cfg.workspace = tmp_path
     art = build(cfg, say=print)
@@ -166,6 +189,93 @@ def test_qdq_placement(outputs, tmp_path):
     assert q["quantize_outputs_chosen"] == outputs and q["form"] == ("qdq" if outputs else "qdq-inputs_only")
     assert q["measured_with"] == "onnxruntime"
     assert Artifact.load(art).manifest["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8
+
+
+def _conv_chain(path, outlier: float):
+    """x -> conv1 -> conv2 -> conv3 -> pool -> gemm. conv1's channel 0 is `outlier` x larger and conv2 reads it
+    through a weight `outlier` x smaller: the float network does not notice, but conv2's int8 input (one scale
+    per tensor) leaves its other channels a few levels each, so conv2 is the node to keep in float."""
+    import onnx
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w = {f"w{i}": rng.standard_normal((4, 4, k, k)).astype(np.float32) / (4 * k) for i, k in ((1, 3), (2, 1), (3, 1))}
+    w["w1"][0] *= outlier
+    w["w2"][:, 0] /= outlier
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    inits += [numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, f"b{i}") for i in (1, 2, 3)]
+    inits += [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "wf"),
+              numpy_helper.from_array(np.zeros(3, np.float32), "bf")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], name="conv2"),
+             helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], name="conv3"),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 4, 8, 8])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_isolated_sensitivity_finds_the_node_whose_int8_input_is_crushed(tmp_path):
+    """The guard's ranking on a network built so that one node's quantization is the damage (real ONNX Runtime
+    quantization and sessions, no fixtures needed)."""
+    from cvzoo.build import CALIBRATION_CACHE, Int8Form, _quantize, rank_sensitivity
+    from cvzoo.buildconfig import QuantizeConfig
+    from cvzoo.calibration import ArrayReader
+    x = np.random.default_rng(1).standard_normal((32, 4, 8, 8)).astype(np.float32)
+    ranks = {}
+    for outlier in (1.0, 1000.0):
+        fp32, qdq = tmp_path / f"fp32-{outlier}.onnx", tmp_path / f"qdq-{outlier}.onnx"
+        _conv_chain(fp32, outlier)
+        _quantize(fp32, qdq, ArrayReader(x[:16], "x"), QuantizeConfig(calibrate_mode="minmax"), Int8Form("qdq", False),
+                  [], tmp_path / f"{outlier}-{CALIBRATION_CACHE}")
+        ranks[outlier] = rank_sensitivity(fp32, qdq, x[16:], ["Conv", "Gemm"])
+    assert {n for n, _ in ranks[1.0]} == {n for n, _ in ranks[1000.0]} == {"conv1", "conv2", "conv3", "fc"}
+    scores, before = dict(ranks[1000.0]), dict(ranks[1.0])
+    assert ranks[1000.0][0][0] == "conv2" and scores["conv2"] > 20 * max(scores["conv1"], scores["conv3"], scores["fc"])
+    assert scores["conv2"] > 1000 * before["conv2"]  # the outlier, not the chain, is what hurts conv2
+    # without the outlier no node stands out (int8 costs each about the same)
+    assert max(before.values()) < 10 * min(before.values())
+
+
+def test_mean_minmax_is_the_mean_of_each_images_range(tmp_path):
+    """mean_minmax (NNCF's per-tensor default): the range of a tensor is each calibration image's min/max averaged,
+    so one image with extreme activations no longer sets it, as it does for minmax (real ORT quantization)."""
+    import onnx
+    from onnx import numpy_helper
+    from cvzoo.build import CALIBRATION_CACHE, Int8Form, _quantize, calibration_reader
+    from cvzoo.buildconfig import QuantizeConfig
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    x = np.random.default_rng(2).standard_normal((16, 4, 8, 8)).astype(np.float32)
+    x[5] *= 30  # the outlier image
+    scale = {}
+    for mode in ("minmax", "mean_minmax"):
+        q = QuantizeConfig(calibrate_mode=mode)
+        _quantize(tmp_path / "fp32.onnx", tmp_path / f"{mode}.onnx", calibration_reader(x, "x", q), q,
+                  Int8Form("qdq", False), [], tmp_path / f"{mode}-{CALIBRATION_CACHE}")
+        g = onnx.load(str(tmp_path / f"{mode}.onnx")).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        quantize_x = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+        scale[mode] = float(inits[quantize_x.input[1]])
+    per_image = x.reshape(16, -1)
+    expect = {"minmax": (max(x.max(), 0) - min(x.min(), 0)) / 255,  # uint8: the range always holds 0
+              "mean_minmax": (max(per_image.max(1).mean(), 0) - min(per_image.min(1).mean(), 0)) / 255}
+    assert scale == pytest.approx(expect, rel=1e-5)
+    assert scale["mean_minmax"] < scale["minmax"] / 5
+
+
+def test_calibration_outliers_names_the_image_that_dwarfs_the_others(tmp_path):
+    from cvzoo.build import calibration_outliers, outlier_note
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    x = np.random.default_rng(3).standard_normal((16, 4, 8, 8)).astype(np.float32)
+    files = [tmp_path / f"img{i}.jpg" for i in range(16)]
+    tensors = ["x", "c1", "c2", "c3", "not-in-the-graph"]
+    assert calibration_outliers(tmp_path / "fp32.onnx", x, files, tensors) == []
+    x[7] *= 30
+    found = calibration_outliers(tmp_path / "fp32.onnx", x, files, tensors)
+    assert [f["file"] for f in found] == [str(files[7])] and found[0]["of"] == 4 and found[0]["tensors"] >= 3
+    assert found[0]["max_times_median"] > 10
+    assert "img7.jpg" in outlier_note(found, "percentile") and "mean_minmax" in outlier_note(found, "percentile")
 
 
 @pytest.mark.shared
