@@ -20,7 +20,8 @@ class OpenVinoEngine:
         self.threads = threads or physical_cores()
         # OpenVINO's CPU plugin defaults to bf16 where the CPU has it: an artifact runs in the precision it
         # was built and verified for (f32 unless its build asked for f16/bf16, which need AVX512-FP16 / AMX
-        # or AVX512-BF16; without them the plugin computes f32, and `inference_precision` says so)
+        # or AVX512-BF16; an f16 request on a CPU with only bf16 (Zen 4) computes bf16, on one with neither f32;
+        # `inference_precision` says what it computes)
         requested = artifact.inference_precision or "f32"
         core = ov.Core()
         try:
