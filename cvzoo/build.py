@@ -237,8 +237,8 @@ def rank_sensitivity(fp32_path: Path, qdq_path: Path, arrays: np.ndarray,
 
     reads: dict[str, list[int]] = {}  # tensor -> the nodes that read it once rewired to float
     for k, n in enumerate(nodes):
-        for i in rewired(n, None).input:
-            reads.setdefault(i, []).append(k)
+        for i in n.input:
+            reads.setdefault(float_src.get(i, i), []).append(k)
 
     def downstream(target: str) -> set:
         """The tensors whose values change when `target` reads int8 inputs."""
@@ -253,17 +253,17 @@ def rank_sensitivity(fp32_path: Path, qdq_path: Path, arrays: np.ndarray,
 
     base_live, base_needed, _ = live_nodes(None, set())
     base_tensors = {o for n in base_live for o in n.output} - outputs | {input_name}
-    clean = {t: base_tensors - downstream(t) for t in targets}
+    plans = {t: live_nodes(t, base_tensors - downstream(t)) for t in targets}
     # the all-float graph's tensors the variants start from, and only those (held in memory for the ranking
     # images): as graph outputs they stop ONNX Runtime fusing across them; the fewer, the closer its
     # arithmetic stays to the full graph's (bit-identical scores for three of the four fixtures)
-    keep = sorted(set().union(*(live_nodes(t, clean[t])[2] for t in targets)) - {input_name})
+    keep = sorted(set().union(*(fed for _, _, fed in plans.values())) - {input_name})
     base = session(base_live, base_needed, graph_outputs=[onnx.helper.make_empty_tensor_value_info(t) for t in keep])
     values = dict(zip([o.name for o in base.get_outputs()], base.run(None, {input_name: arrays})))
     values[input_name] = arrays
 
     def logits(target: str) -> np.ndarray:
-        live, needed, fed = live_nodes(target, clean[target])
+        live, needed, fed = plans[target]
         feeds = {t: values[t] for t in sorted(fed)}
         inputs = [onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
                   for t, v in feeds.items()]
