@@ -11,9 +11,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import platform
+import queue as queue_mod
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -33,6 +35,10 @@ class Counter:
     inference_precision: Optional[str] = None  # what the engine computes in (OpenVINO may fall back to f32)
     tuning: Optional[dict] = None  # recipes an engine timed and chose while running (torch-cuda, large batches)
     input: str = ""  # what the synthetic batch was
+    # perf_counter at the start and end of the measured runs; a system-wide clock (Linux, macOS, Windows), so
+    # windows of different processes compare
+    started: float = 0.0
+    ended: float = 0.0
 
 
 def latency_stats(lat: Sequence[float]) -> dict:
@@ -53,8 +59,10 @@ def machine_info() -> dict:
         pass
     return {"cpu": cpu, "cores_usable": physical_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
             "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": " avx_vnni" in flags,
-            # what OpenVINO's fp16/bf16 builds compute with; without them it falls back to f32
-            "avx512_fp16": " avx512_fp16" in flags, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags}
+            # what OpenVINO's fp16/bf16 builds compute with; without them it falls back to f32. f16 is fast only
+            # with AMX-FP16: on AVX512-FP16 alone it ran slower than f32 (docs/benchmarks.md)
+            "avx512_fp16": " avx512_fp16" in flags, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags,
+            "amx_fp16": " amx_fp16" in flags, "amx_int8": " amx_int8" in flags}
 
 
 def synthetic_batch(engine, batch: int, size: int, seed: int) -> tuple[np.ndarray, str]:
@@ -67,14 +75,17 @@ def synthetic_batch(engine, batch: int, size: int, seed: int) -> tuple[np.ndarra
 
 
 def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instances: int, warmup: float,
-                   duration: Optional[float], iterations: Optional[int], seed: int, process: int) -> list[Counter]:
+                   duration: Optional[float], iterations: Optional[int], seed: int, process: int,
+                   barrier: Optional[threading.Barrier] = None) -> list[Counter]:
+    """Run `instances` engine copies in threads; they warm up and measure together. `barrier` spans every
+    instance of every process when there are several processes (vamp -p), so they too measure together."""
     art = Artifact.load(Path(art_dir))
     size = art.preprocessing.input_size
     engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
     x, described = synthetic_batch(engines[0], batch, size, seed)
     counters = [Counter(i, process, inference_precision=getattr(e, "inference_precision", None), input=described)
                 for i, e in enumerate(engines)]
-    start = threading.Barrier(instances)
+    start = barrier or threading.Barrier(instances)
 
     failures: list[BaseException] = []
 
@@ -92,12 +103,14 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
         while time.perf_counter() < t_end:
             eng.run(x)
         start.wait()  # measure together, after everyone's warm-up
-        deadline = time.perf_counter() + duration if duration else None
+        c.started = time.perf_counter()
+        deadline = c.started + duration if duration else None
         while True:
             t = time.perf_counter()
             eng.run(x)
-            c.latencies.append(time.perf_counter() - t)
-            if (iterations and len(c.latencies) >= iterations) or (deadline and time.perf_counter() >= deadline):
+            c.ended = time.perf_counter()
+            c.latencies.append(c.ended - t)
+            if (iterations and len(c.latencies) >= iterations) or (deadline and c.ended >= deadline):
                 break
 
     workers = [threading.Thread(target=loop, args=(k,), name=f"cvzoo-bench-{k}") for k in range(instances)]
@@ -112,39 +125,73 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
     if real:
         raise CvzooError(f"{art.name}: engine '{engine}' failed during the benchmark: "
                          f"{type(real[0]).__name__}: {str(real[0]).strip().splitlines()[0] if str(real[0]).strip() else ''}")
+    if failures:  # only a broken barrier: another process's instance failed (that process reports why)
+        raise CvzooError(ABORTED)
     return counters
+
+
+ABORTED = "stopped: an instance in another bench process failed"
 
 
 def _process_main(args, queue):
     try:
         queue.put(("ok", _run_instances(*args)))
     except BaseException as e:  # report, don't hang the parent
-        queue.put(("error", f"{type(e).__name__}: {e}"))
+        queue.put(("error", str(e) if isinstance(e, CvzooError) else f"{type(e).__name__}: {e}"))
+
+
+def _run_processes(args: tuple, processes: int, instances: int, seed: int, target=_process_main) -> list[Counter]:
+    """`processes` spawned copies of _run_instances, all instances behind one barrier. A process that fails,
+    or dies without a word (killed, out of memory), breaks the barrier so the others stop waiting, and is one
+    error; the first real cause is reported, not a bystander's "stopped". (`target` lets a test stand in a
+    process that loads slowly or dies.)"""
+    ctx = mp.get_context("spawn")
+    queue, barrier = ctx.Queue(), ctx.Barrier(processes * instances)
+    procs = [ctx.Process(target=target, args=((*args, seed + p, p, barrier), queue), daemon=True)
+             for p in range(processes)]
+    for p in procs:
+        p.start()
+    counters: list[Counter] = []
+    errors: list[str] = []
+    pending = processes
+    while pending:
+        try:
+            status, payload = queue.get(timeout=1.0)
+        except queue_mod.Empty:
+            dead = [(k, p.exitcode) for k, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                errors.append(f"process {dead[0][0]} exited with code {dead[0][1]} before reporting")
+                break
+            continue
+        pending -= 1
+        if status == "ok":
+            counters += payload
+        else:
+            errors.append(payload)
+            barrier.abort()
+    if errors:
+        barrier.abort()
+        for p in procs:
+            p.terminate()
+    for p in procs:
+        p.join()
+    if errors:
+        raise CvzooError(f"bench process failed: {next((e for e in errors if e != ABORTED), errors[0])}")
+    return counters
 
 
 def bench_batch(art: Artifact, engine: str, batch: int, instances: int, processes: int, threads: int,
                 warmup: float, duration: Optional[float], iterations: Optional[int], seed: int) -> dict:
     t0 = time.perf_counter()
+    args = (str(art.folder), engine, threads, batch, instances, warmup, duration, iterations)
     if processes == 1:
-        counters = _run_instances(str(art.folder), engine, threads, batch, instances, warmup, duration, iterations, seed, 0)
+        counters = _run_instances(*args, seed, 0)
     else:
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_process_main, args=((str(art.folder), engine, threads, batch, instances, warmup,
-                                                          duration, iterations, seed + p, p), queue)) for p in range(processes)]
-        for p in procs:
-            p.start()
-        counters = []
-        for _ in procs:
-            status, payload = queue.get()
-            if status != "ok":
-                raise CvzooError(f"bench process failed: {payload}")
-            counters += payload
-        for p in procs:
-            p.join()
+        counters = _run_processes(args, processes, instances, seed)
     wall = time.perf_counter() - t0 - warmup
-    # throughput over the measured window: each instance's run time, the slowest bounds the window
-    window = max(sum(c.latencies) for c in counters)
+    # throughput over the measured window: from the first instance's first run to the last one's last run
+    first = min(c.started for c in counters)
+    window = max(c.ended for c in counters) - first
     runs = sum(len(c.latencies) for c in counters)
     all_lat = [t for c in counters for t in c.latencies]
     return {
@@ -155,7 +202,10 @@ def bench_batch(art: Artifact, engine: str, batch: int, instances: int, processe
         "throughput_ips": runs * batch / window,
         "latency": latency_stats(all_lat),
         "per_instance": [{"process": c.process, "instance": c.instance, "runs": len(c.latencies),
-                          "throughput_ips": len(c.latencies) * batch / sum(c.latencies), **latency_stats(c.latencies)}
+                          "throughput_ips": len(c.latencies) * batch / (c.ended - c.started),
+                          # its measured window, in seconds from the first instance's start: shows they overlapped
+                          "window_s": [round(c.started - first, 4), round(c.ended - first, 4)],
+                          **latency_stats(c.latencies)}
                          for c in counters],
     }
 
@@ -254,6 +304,10 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
         raise CvzooError("--instances and --processes must be >= 1")
     if iterations is not None and iterations < 1:
         raise CvzooError("--iterations must be >= 1")
+    if iterations is None and not (duration and duration > 0):
+        raise CvzooError(f"--time must be > 0 seconds (or give --iterations), got {duration}")
+    if warmup < 0:
+        raise CvzooError(f"--warmup must be >= 0 seconds, got {warmup}")
     from .predict import artifact_for
     art = Artifact.load(artifact_for(model, weights, size))
     engine = engine_for(art, engine)
@@ -261,7 +315,8 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
     cores = physical_cores()
     threads = threads or max(1, cores // (instances * processes))
     report = {"model": art.name, "artifact": str(art.folder), "precision": art.precision, "engine": engine,
-              "input_size": art.preprocessing.input_size, "machine": machine_info(),
+              "input_size": art.preprocessing.input_size,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
               "versions": versions("cvzoo", "onnxruntime", "openvino", "torch", "numpy"),
               "settings": {"instances": instances, "processes": processes, "threads_per_instance": threads,
                            "warmup_s": warmup, "time_s": None if iterations else duration, "iterations": iterations,
@@ -269,7 +324,9 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
               "results": []}
     for b in batches:
         if progress:
-            progress(f"batch {b}: {instances} instance(s) x {processes} process(es), {threads} thread(s) each")
+            limit = f"{iterations} runs per instance" if iterations else f"{duration:g} s"
+            progress(f"batch {b}: {instances} instance(s) x {processes} process(es), {threads} thread(s) each; "
+                     f"{warmup:g} s warm-up, then {limit}")
         r = bench_batch(art, engine, b, instances, processes, threads, warmup, None if iterations else duration,
                         iterations, seed)
         if vs_torch and engine == "torch-cuda":
@@ -292,7 +349,10 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
     return report
 
 
-SPEEDUPS = ["speedup_vs_torch_eager", "speedup_vs_timm_eager_amp", "speedup_vs_torch_compile"]  # --vs-torch, CPU | GPU
+# --vs-torch ratios (CPU engines | GPU engine) and their table headings
+SPEEDUP_HEADS = {"speedup_vs_torch_eager": "vs torch eager", "speedup_vs_timm_eager_amp": "vs timm eager AMP",
+                 "speedup_vs_torch_compile": "vs torch.compile"}
+SPEEDUPS = list(SPEEDUP_HEADS)
 CSV_FIELDS = ["model", "precision", "engine", "batch", "instances", "processes", "threads_per_instance",
               "throughput_ips", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", *SPEEDUPS]
 

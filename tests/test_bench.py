@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import cvzoo.bench as bench_mod
 from cvzoo.bench import CSV_FIELDS, bench, bench_batch, csv_rows
 from cvzoo.artifact import Artifact
 from cvzoo.errors import CvzooError
@@ -29,12 +30,16 @@ def test_bench_fixture_and_zoo_model_json(artifacts, tmp_path):
                                                                    "CVZOO_CACHE": str(tmp_path / "cache")})
         assert proc.returncode == 0, proc.stderr
         rep = json.loads(out.read_text())
-        assert {"model", "precision", "engine", "machine", "versions", "settings", "results"} <= set(rep)
+        assert {"model", "artifact", "precision", "engine", "input_size", "date", "machine", "versions", "settings",
+                "results"} <= set(rep)  # the fields README.md documents
         assert rep["machine"]["cores_usable"] >= 1 and "onnxruntime" in rep["versions"]
         assert [r["batch"] for r in rep["results"]] == [1, 2]
         for r in rep["results"]:
             _sane(r)
             assert r["runs"] == 5 and r["images"] == 5 * r["batch"]
+            assert {"instances", "processes", "threads_per_instance", "inference_precision", "seconds"} <= set(r)
+            (inst,) = r["per_instance"]
+            assert inst["runs"] == 5 and inst["window_s"][0] == 0 < inst["window_s"][1] and FIELDS <= set(inst)
             assert r["input"] == "synthetic float32 NCHW N(0,1), seeded"  # ONNX Runtime takes normalized floats
         assert (tmp_path / "b.csv").read_text().count("\n") == 3
 
@@ -55,7 +60,6 @@ def test_two_instances_run_concurrently(artifacts):
 def test_an_engine_failing_mid_benchmark_is_one_clear_error(artifacts, monkeypatch, instances):
     """An exception in an instance's thread must surface (it once vanished and left a ZeroDivisionError).
     The failing engine is a stand-in: a real kernel failure cannot be provoked on demand."""
-    import cvzoo.bench as bench_mod
 
     class Failing:
         def run(self, x):
@@ -76,6 +80,55 @@ def test_two_processes(artifacts):
     r = bench_batch(art, "onnxruntime", 1, instances=1, processes=2, threads=1, warmup=0.1, duration=None,
                     iterations=4, seed=0)
     assert sorted(x["process"] for x in r["per_instance"]) == [0, 1] and r["runs"] == 8
+    windows = [x["window_s"] for x in r["per_instance"]]
+    assert max(w[0] for w in windows) < min(w[1] for w in windows)  # the processes measured at the same time
+    assert r["seconds"] == pytest.approx(max(w[1] for w in windows), abs=1e-3)
+    _sane(r)
+
+
+# Stand-ins for what cannot be provoked on demand with a real engine: a process whose engine takes longer
+# to load (OpenVINO or torch.compile compiling), one that dies without a word (killed, out of memory), one
+# whose engine fails. Module-level so that spawned processes can import them.
+def _second_process_loads_late(args, queue):
+    import time
+    if args[-2] == 1:  # args end with (seed, process, barrier)
+        time.sleep(1.5)
+    bench_mod._process_main(args, queue)
+
+
+def _second_process_dies(args, queue):
+    if args[-2] == 1:
+        import os
+        os._exit(3)
+    bench_mod._process_main(args, queue)
+
+
+def _second_process_has_a_bad_engine(args, queue):
+    if args[-2] == 1:
+        args = (args[0], "no-such-engine", *args[2:])
+    bench_mod._process_main(args, queue)
+
+
+def _process_args(artifacts):
+    art = Artifact.load(artifacts("dla46_c", weights=None))
+    return (str(art.folder), "onnxruntime", 1, 1, 1, 0.1, None, 10)  # threads, batch, instances, warm-up, -, runs
+
+
+def test_processes_measure_together_when_one_loads_late(artifacts):
+    counters = bench_mod._run_processes(_process_args(artifacts), 2, 1, 0, target=_second_process_loads_late)
+    starts = sorted(c.started for c in counters)
+    assert starts[1] - starts[0] < 0.1  # one barrier across processes; without it they start 1.5 s apart
+    assert starts[1] < min(c.ended for c in counters)
+
+
+@pytest.mark.parametrize("target, message", [
+    (_second_process_dies, "bench process failed: process 1 exited with code 3 before reporting"),
+    # the cause, not process 0's "stopped: an instance in another bench process failed"
+    (_second_process_has_a_bad_engine, "bench process failed: unknown engine 'no-such-engine'"),
+])
+def test_a_failing_process_is_one_clear_error_not_a_hang(artifacts, target, message):
+    with pytest.raises(CvzooError, match=message):
+        bench_mod._run_processes(_process_args(artifacts), 2, 1, 0, target=target)
 
 
 def test_vs_torch_and_end_to_end(artifacts):
@@ -95,6 +148,8 @@ def test_vs_torch_and_end_to_end(artifacts):
     (dict(batches=(0,)), "--batch values must be >= 1"),
     (dict(engine="tensorrt"), "unknown engine 'tensorrt'"),
     (dict(instances=0), "must be >= 1"),
+    (dict(duration=0), "--time must be > 0 seconds"),  # it once meant "run forever" through the API
+    (dict(warmup=-1), "--warmup must be >= 0"),
 ])
 def test_bad_arguments(artifacts, kwargs, message):
     with pytest.raises(CvzooError, match=message):
