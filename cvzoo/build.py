@@ -90,7 +90,10 @@ def run_logits(model_path: Path, arrays: np.ndarray, batch: int = 16, engine: st
 
 def time_model(model_path: Path, shape: tuple[int, ...], iterations: int = 10, engine: str = "onnxruntime") -> float:
     """Median seconds per run on seeded input: enough to rank int8 forms on this CPU."""
-    run = model_runner(model_path, engine)
+    return time_runner(model_runner(model_path, engine), shape, iterations)
+
+
+def time_runner(run: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...], iterations: int = 10) -> float:
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     run(x)
     times = []
@@ -473,6 +476,14 @@ def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[P
         if engine.inference_precision != wanted:
             say(f"note: this CPU has no {wanted} compute (OpenVINO ran {engine.inference_precision}); the artifact "
                 f"asks for {wanted}, and the fidelity below is of {engine.inference_precision}")
+        # half precision is not always faster: f16 without AMX-FP16 runs slower than f32 (measured on a
+        # Sapphire Rapids-class Xeon: 0.64-0.80x), so the build times both and says so
+        shape = (1, 3, pre.input_size, pre.input_size)
+        timings = {"fp32": time_model(fp32, shape, engine="openvino"), cfg.dtype: time_runner(engine.run, shape)}
+        extra["timings_b1_s"] = timings
+        slower = half_slower_note(cfg.dtype, engine.inference_precision, timings)
+        if slower:
+            say(slower)
         final = fp32
     elif cfg.engine == "torch-cuda" and cfg.dtype == "bf16":
         import torch
@@ -497,6 +508,20 @@ def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[P
         say(f"warning: {cfg.dtype} top-1 agreement {100 * fid.agreement:.1f}% is below the guard's "
             f"{100 * cfg.guard.min_agreement:.1f}%; check accuracy with `cvzoo eval`, or build fp32")
     return final, extra
+
+
+def half_slower_note(dtype: str, computes: str, timings: dict, machine: Optional[dict] = None) -> Optional[str]:
+    """The build's plain word when an OpenVINO fp16/bf16 artifact runs slower than fp32 on this CPU (b1 timings,
+    seconds), with the half precision this CPU does have fast where there is one; None when it is faster."""
+    if timings[dtype] <= timings["fp32"]:
+        return None
+    from .bench import machine_info
+    m = machine or machine_info()
+    hint = ""
+    if dtype == "fp16" and m.get("amx_bf16") and not m.get("amx_fp16"):
+        hint = "; this CPU has AMX for bf16 but not for fp16: --dtype bf16 is its fast half precision"
+    return (f"note: {dtype} is slower than fp32 with openvino here ({1000 * timings[dtype]:.1f} vs "
+            f"{1000 * timings['fp32']:.1f} ms at b1, computing {computes}){hint}; the artifact is kept as asked")
 
 
 def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, input_name: str, files: list[Path],

@@ -313,6 +313,8 @@ def test_openvino_half_precision_keeps_fixture_accuracy(name, dtype, tmp_path, f
     assert computes == m["build"]["inference_precision_at_build"] and computes in (wanted, "bf16", "f32")
     fid = m["build"]["fidelity"]["vs_fp32"]
     assert fid["images"] == 50
+    timings = m["build"]["timings_b1_s"]  # speed vs fp32 measured by the build (its note says when slower)
+    assert set(timings) == {"fp32", dtype} and min(timings.values()) > 0
     # a half-precision run differs from fp32 a little; a silent f32 fallback not at all
     assert (fid["max_abs_diff"] > 1e-3) if computes != "f32" else (fid["max_abs_diff"] < 1e-3)
     top1, ref = _top1(art, imagenette_files()), fp32_top1(name)
@@ -321,6 +323,20 @@ def test_openvino_half_precision_keeps_fixture_accuracy(name, dtype, tmp_path, f
     assert ref - top1 <= 0.5
     with pytest.raises(CvzooError, match="ONNX Runtime would run its fp32 graph instead"):
         Predictor(art, engine="onnxruntime")
+
+
+def test_a_half_precision_slower_than_fp32_is_said_with_the_fast_one():
+    """What the build says from its b1 timings (seconds). The numbers are this Xeon's dla34 (AVX512-FP16 and
+    AMX-BF16, no AMX-FP16): OpenVINO f16 34 ms, f32 22 ms, bf16 5 ms."""
+    from cvzoo.build import half_slower_note
+    xeon = {"amx_bf16": True, "amx_fp16": False}
+    note = half_slower_note("fp16", "f16", {"fp32": 0.022, "fp16": 0.034}, xeon)
+    assert note.startswith("note: fp16 is slower than fp32 with openvino here (34.0 vs 22.0 ms at b1, computing f16)")
+    assert "--dtype bf16 is its fast half precision" in note
+    assert half_slower_note("bf16", "bf16", {"fp32": 0.022, "bf16": 0.005}, xeon) is None
+    # no bf16 advice where the CPU has no AMX for it, or has AMX for fp16 too
+    for machine in ({"amx_bf16": False, "amx_fp16": False}, {"amx_bf16": True, "amx_fp16": True}):
+        assert "--dtype bf16" not in half_slower_note("fp16", "f16", {"fp32": 0.022, "fp16": 0.034}, machine)
 
 
 def test_bf16_build_for_torch_cuda_measures_bf16_on_the_cpu(tmp_path):
