@@ -147,7 +147,7 @@ def _run_processes(args: tuple, processes: int, instances: int, seed: int, targe
     process that loads slowly or dies.)"""
     ctx = mp.get_context("spawn")
     queue, barrier = ctx.Queue(), ctx.Barrier(processes * instances)
-    procs = [ctx.Process(target=target, args=((*args, seed + p, p, barrier), queue), daemon=True)
+    procs = [ctx.Process(target=target, args=((*args, seed + p, p, barrier), queue))
              for p in range(processes)]
     for p in procs:
         p.start()

@@ -89,11 +89,12 @@ def run_logits(model_path: Path, arrays: np.ndarray, batch: int = 16, engine: st
 
 
 def time_model(model_path: Path, shape: tuple[int, ...], iterations: int = 10, engine: str = "onnxruntime") -> float:
-    """Median seconds per run on seeded input: enough to rank int8 forms on this CPU."""
+    """time_runner for an ONNX file run by `engine`."""
     return time_runner(model_runner(model_path, engine), shape, iterations)
 
 
 def time_runner(run: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...], iterations: int = 10) -> float:
+    """Median seconds per run on seeded input: enough to rank int8 forms, or a precision against fp32, here."""
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     run(x)
     times = []
@@ -513,7 +514,7 @@ def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[P
 def half_slower_note(dtype: str, computes: str, timings: dict, machine: Optional[dict] = None) -> Optional[str]:
     """The build's plain word when an OpenVINO fp16/bf16 artifact runs slower than fp32 on this CPU (b1 timings,
     seconds), with the half precision this CPU does have fast where there is one; None when it is faster."""
-    if timings[dtype] <= timings["fp32"]:
+    if timings[dtype] <= timings["fp32"] or computes == "f32":  # f32 vs f32 is noise (the build said no half)
         return None
     from .bench import machine_info
     m = machine or machine_info()
