@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 SOURCE_ENVS ?= .venv-sources
 SOURCES := paddleclas mmpretrain
 
-.PHONY: demo test venv source-envs clean bench
+.PHONY: demo test venv source-envs clean gpu-kit
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,21 @@ demo: venv
 
 test: venv source-envs
 	$(BIN)/python -m pytest -q -ra --timeout=1800 --durations=20 $(PYTEST_ARGS)
+
+# What benchmarks/gpu_session.sh needs on the device machine, whose image has torch, timm, onnx and
+# onnxruntime but not these: wheels for its Python 3.12 (pins: the versions the tests pass with here), and
+# the trained fixture its test loads. Carried there as .gpu (ignored by git).
+GPU_KIT_WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
+	onnxslim==0.1.98 onnxconverter-common==1.16.0 thop==0.1.1.post2209072238
+GPU_KIT_FIXTURES ?= ese_vovnet19b_dw-imagenette112.safetensors
+
+gpu-kit:
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/shared/data/fixtures
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .gpu/wheels $(GPU_KIT_WHEELS)
+	cp $(addprefix ../shared/data/fixtures/,$(GPU_KIT_FIXTURES)) .gpu/shared/data/fixtures/
+	du -sh .gpu
 
 clean:
 	rm -rf $(VENV) $(SOURCE_ENVS) build *.egg-info .pytest_cache demo-out

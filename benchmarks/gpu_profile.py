@@ -113,6 +113,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/gpu_profile.json")
     args = ap.parse_args()
     if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_profile: --device cuda needs a CUDA GPU and none is visible here "
+                             "(--device cpu runs the smoke version)")
         torch.backends.cudnn.benchmark = True
     report = {"machine": machine_info(), "torch": torch.__version__, "batch": args.batch, "rows": [],
               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
