@@ -45,11 +45,11 @@ GPU_KIT_WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 
 GPU_KIT_FIXTURES ?= ese_vovnet19b_dw-imagenette112.safetensors
 
 gpu-kit:
-	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/shared/data/fixtures
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/fixtures
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .gpu/wheels $(GPU_KIT_WHEELS)
-	cp $(addprefix ../shared/data/fixtures/,$(GPU_KIT_FIXTURES)) .gpu/shared/data/fixtures/
+	cp $(addprefix ../shared/data/fixtures/,$(GPU_KIT_FIXTURES)) .gpu/fixtures/
 	du -sh .gpu
 
 clean:

@@ -30,8 +30,8 @@ fi
 # --target keeps the image's own packages (torch, timm, onnx, onnxruntime) as they are: only what it lacks
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$KIT"/wheels/*.whl || { echo "gpu_session: installing $KIT/wheels failed"; exit 2; }
-export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1 CVZOO_CACHE=/tmp/cvzoo-cache \
-    CVZOO_SHARED="$KIT/shared" CVZOO_WEIGHTS_PATH="$KIT/shared/data/fixtures"
+# the fixture is found as a card's default weights are (cvzoo.checkpoint.weights_search_path)
+export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1 CVZOO_CACHE=/tmp/cvzoo-cache CVZOO_WEIGHTS_PATH="$KIT/fixtures"
 
 {
     date -u +%FT%TZ
