@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 SOURCE_ENVS ?= .venv-sources
 SOURCES := paddleclas mmpretrain
 
-.PHONY: demo test venv source-envs clean gpu-kit
+.PHONY: demo test test-fast venv source-envs clean gpu-kit
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: venv
 
 test: venv source-envs
 	$(BIN)/python -m pytest -q -ra --timeout=1800 --durations=20 $(PYTEST_ARGS)
+
+# The inner loop: unit and synthetic tests, no ../shared data, no source venvs, no zoo-wide export matrix.
+test-fast: venv
+	$(BIN)/python -m pytest -q -ra --timeout=600 --durations=10 -m "not slow and not shared and not zoo" $(PYTEST_ARGS)
 
 # What benchmarks/gpu_session.sh needs on the device machine, whose image has torch, timm, onnx and
 # onnxruntime but not these: wheels for its Python 3.12 (pins: the versions the tests pass with here), and

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -18,6 +19,11 @@ from .errors import CvzooError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+
+
+def default_cache() -> Path:
+    """Where exports made on the way (a model name given to predict, a build's fp32) are kept for reuse."""
+    return Path(os.environ.get("CVZOO_CACHE", Path.home() / ".cache" / "cvzoo"))
 
 
 def sha256(path: Path) -> str:
@@ -95,6 +101,9 @@ class Artifact:
         art = cls(folder, manifest)
         if verify_hashes:
             art.verify()
+        if art.degraded:
+            logging.getLogger("cvzoo").warning(f"{folder}: built below its accuracy target and kept as asked "
+                                               f"(--accept-degraded): {art.degraded}")
         return art
 
     def verify(self) -> None:
@@ -104,6 +113,11 @@ class Artifact:
                 raise CvzooError(f"{p}: listed in the manifest but missing")
             if sha256(p) != info["sha256"]:
                 raise CvzooError(f"{p}: sha256 differs from the manifest (modified or corrupt)")
+
+    @property
+    def degraded(self) -> Optional[str]:
+        """Why the build missed its accuracy target, for an artifact written anyway (--accept-degraded)."""
+        return self.manifest.get("degraded")
 
     @property
     def name(self) -> str:

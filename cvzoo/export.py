@@ -1,6 +1,7 @@
 """`cvzoo export`: model card + checkpoint -> verified ONNX artifact directory."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -191,3 +192,23 @@ def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, 
         (tmp / "vdsp_params.json").write_text(json.dumps(manifest["vdsp_params"], indent=2), encoding="utf-8")
         write_manifest(tmp, manifest)
     return out
+
+
+def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: int = DEFAULT_OPSET) -> Path:
+    """The verified fp32 export of (card, weights, size, opset) with these library versions, made once and kept in
+    the cache (CVZOO_CACHE): a second build of the same model skips export and verification. A cached copy whose
+    files no longer match its manifest is exported again."""
+    from .artifact import Artifact, default_cache, is_artifact
+    key = json.dumps({"card": card.model_dump(mode="json"), "weights": sha256(weights) if weights else "random",
+                      "size": size, "opset": opset,
+                      "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxslim")},
+                     sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    out = default_cache() / "exports" / f"{card.name}-{size}-{digest}"
+    if is_artifact(out):
+        try:
+            Artifact.load(out).verify()
+            return out
+        except CvzooError:
+            pass
+    return export(card, weights=weights, out=out, size=size, opset=opset, force=True)

@@ -1,7 +1,6 @@
 """`cvzoo predict` and `cvzoo.Predictor`: artifact (or model name) + images -> top-k with class names."""
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .artifact import Artifact, is_artifact
+from .artifact import Artifact, default_cache, is_artifact
 from .card import Preprocessing
 from .engines import Engine, accepts_uint8, load_engine, physical_cores
 from .errors import CvzooError
@@ -72,10 +71,6 @@ def batches(stream: Iterable[Decoded], batch: int) -> Iterator[list[Decoded]]:
             chunk, usable = [], 0
     if chunk:
         yield chunk
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("CVZOO_CACHE", Path.home() / ".cache" / "cvzoo"))
 
 
 def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None, size: Optional[int] = None) -> Path:

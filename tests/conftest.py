@@ -55,6 +55,49 @@ def batched(items, size):
         yield items[i:i + size]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory):
+    """One cache for the session (and the CLI processes it starts): every build of a model reuses one verified fp32
+    export, and nothing is written to the user's ~/.cache."""
+    old = os.environ.get("CVZOO_CACHE")
+    os.environ["CVZOO_CACHE"] = str(tmp_path_factory.mktemp("cvzoo-cache"))
+    yield Path(os.environ["CVZOO_CACHE"])
+    if old is None:
+        os.environ.pop("CVZOO_CACHE", None)
+    else:
+        os.environ["CVZOO_CACHE"] = old
+
+
+def eval_files(name: str) -> list[tuple[Path, int]]:
+    """A model's evaluation images: the ImageNet sample for ImageNet models, Imagenette val for the fixtures."""
+    return imagenette_files() if name in FIXTURE_CARDS else imagenet_sample_files()
+
+
+@pytest.fixture(scope="session")
+def torch_top1_ids():
+    """name -> PyTorch's top-1 class for each of eval_files(name), the card's weights and preprocessing: computed
+    once per session for the tests that hold cvzoo's numbers against PyTorch's."""
+    import torch
+
+    from cvzoo.card import get_card
+    from cvzoo.models import create_model
+    from cvzoo.preprocess import load_image, preprocess_image
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            card = get_card(name)
+            model = create_model(card, weights="default")
+            ids = []
+            with torch.inference_mode():
+                for chunk in batched(eval_files(name), 50):
+                    x = np.stack([preprocess_image(load_image(f), card.preprocessing) for f, _ in chunk])
+                    ids += model(torch.from_numpy(x)).argmax(1).tolist()
+            cache[name] = np.array(ids)
+        return cache[name]
+    return get
+
+
 @pytest.fixture(scope="session")
 def lite0_weights():
     from cvzoo.card import get_card

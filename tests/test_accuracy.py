@@ -8,23 +8,20 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cvzoo.card import get_card
-from cvzoo.models import create_model
-from cvzoo.preprocess import load_image, preprocess_image
 from tests.conftest import (FIXTURE_CARDS, FIXTURES, README_TOP1, batched, imagenet_sample_files,
                             imagenette_files, need, top1_torch)
 
 
-def _ours(card, files):
-    for chunk in batched(files, 50):
-        yield np.stack([preprocess_image(load_image(f), card.preprocessing) for f, _ in chunk]), [y for _, y in chunk]
+def _top1(ids, files) -> float:
+    return 100.0 * float((ids == np.array([y for _, y in files])).mean())
 
 
 @pytest.mark.shared
 @pytest.mark.parametrize("name", FIXTURE_CARDS)
-def test_fixture_accuracy_matches_timm_with_torchvision(name):
+def test_fixture_accuracy_matches_timm_with_torchvision(name, torch_top1_ids):
     card = get_card(name)
     files = imagenette_files()
-    ours = top1_torch(create_model(card, weights="default"), _ours(card, files))
+    ours = _top1(torch_top1_ids(name), files)  # cvzoo's model and preprocessing
 
     # independent route: timm model + plain load_state_dict + torchvision transforms, same settings
     ref = timm.create_model(card.arch, num_classes=10).eval()
@@ -44,8 +41,7 @@ def test_fixture_accuracy_matches_timm_with_torchvision(name):
 
 
 @pytest.mark.shared
-def test_lite0_imagenet_sample_top1():
-    card = get_card("tf_efficientnet_lite0")
-    acc = top1_torch(create_model(card, weights="default"), _ours(card, imagenet_sample_files()))
+def test_lite0_imagenet_sample_top1(torch_top1_ids):
+    acc = _top1(torch_top1_ids("tf_efficientnet_lite0"), imagenet_sample_files())
     print(f"tf_efficientnet_lite0 top-1 on imagenet-sample: {acc:.1f}")
     assert acc >= 85.0

@@ -20,6 +20,7 @@ for _c in list_models():
 ZOO = list(_NETS.values())
 
 
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in ZOO])
 def test_export_parity_every_zoo_model(name, tmp_path):
     out = export(name, out=tmp_path / name)  # random weights: parity is about the graph
@@ -82,3 +83,24 @@ def test_simplified_graph_kept_only_when_verified(tmp_path):
     assert Artifact.load(out).manifest["export"]["simplified"] is True
     plain = export("ese_vovnet19b_dw", out=tmp_path / "p", simplify=False)
     assert Artifact.load(plain).manifest["export"]["simplified"] is False
+
+
+def test_cached_export_is_made_once_and_remade_when_modified(monkeypatch, tmp_path):
+    """build() takes its fp32 from this cache: a second build of the same model skips export and verification; a
+    cached model whose bytes no longer match its manifest is exported again, not used."""
+    from cvzoo.card import get_card
+    from cvzoo.export import cached_export
+    monkeypatch.setenv("CVZOO_CACHE", str(tmp_path))
+    calls = []
+    real = export_mod.export
+    monkeypatch.setattr(export_mod, "export", lambda *a, **k: calls.append(k.get("size")) or real(*a, **k))
+    card = get_card("dla46_c")
+    first = cached_export(card, None, 96)
+    assert cached_export(card, None, 96) == first and calls == [96]
+    assert cached_export(card, None, 128) != first and calls == [96, 128]  # another size: another export
+    model = first / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    assert cached_export(card, None, 96) == first and calls == [96, 128, 96]
+    Artifact.load(first, verify_hashes=True)  # the copy in the cache is whole again

@@ -5,36 +5,21 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from cvzoo.card import get_card
-from cvzoo.models import create_model
 from cvzoo.postprocess import parse_result_txt
 from cvzoo.predict import Predictor
-from cvzoo.preprocess import preprocess_image
-from tests.conftest import FIXTURE_CARDS, batched, imagenet_sample_files, imagenette_files
-
-
-def _torch_top1(card, files):
-    model = create_model(card, weights="default")
-    out = []
-    with torch.inference_mode():
-        for chunk in batched(files, 50):
-            x = torch.from_numpy(np.stack([preprocess_image(f, card.preprocessing) for f in chunk]))
-            out += model(x).argmax(1).tolist()
-    return out
+from tests.conftest import FIXTURE_CARDS, eval_files
 
 
 @pytest.mark.shared
 @pytest.mark.parametrize("name", FIXTURE_CARDS + ["tf_efficientnet_lite0"])
-def test_predict_top1_equals_pytorch(name, artifacts):
-    files = [f for f, _ in (imagenet_sample_files() if name == "tf_efficientnet_lite0" else imagenette_files())]
+def test_predict_top1_equals_pytorch(name, artifacts, torch_top1_ids):
+    files = [f for f, _ in eval_files(name)]
     preds = list(Predictor(artifacts(name)).predict_paths(files, topk=5, batch=32))
     assert all(p.ok for p in preds) and [p.path for p in preds] == [str(f) for f in files]
     ours = [p.ids[0] for p in preds]
-    theirs = _torch_top1(get_card(name), files)
-    assert ours == theirs
+    assert ours == torch_top1_ids(name).tolist()
     # real trained weights meet the 1e-4 gate directly
     v = __import__("cvzoo.artifact", fromlist=["x"]).Artifact.load(artifacts(name)).manifest["export"]["verification"]
     assert v["criterion"] == "direct" and v["max_abs_diff"] <= 1e-4

@@ -82,6 +82,7 @@ def test_every_source_card_is_covered():
     assert set(PPCLS) == set(PPCLS_NAMES) and set(MMCLS) == set(MMCLS_NAMES)
 
 
+@pytest.mark.zoo
 @pytest.mark.parametrize("card", sorted(PPCLS_NAMES))
 def test_paddleclas_checkpoint_gives_paddleclas_logits(card, paddle_dump):
     diff = _max_diff(card, paddle_dump / f"{card}.pdparams", paddle_dump / f"{card}.npz")
@@ -89,6 +90,7 @@ def test_paddleclas_checkpoint_gives_paddleclas_logits(card, paddle_dump):
     assert diff <= 1e-4
 
 
+@pytest.mark.zoo
 @pytest.mark.parametrize("card", sorted(MMCLS_NAMES))
 def test_mmcls_checkpoint_gives_mmpretrain_logits(card, mm_dump):
     diff = _max_diff(card, mm_dump / f"{card}.pth", mm_dump / f"{card}.npz")
@@ -112,6 +114,7 @@ def _compare_crops(card: str, reference: Path) -> tuple[int, float, int]:
     return worst, differing / total, len(ref.files)
 
 
+@pytest.mark.zoo
 @pytest.mark.parametrize("card, short", [("dla34.ppcls", 256), ("cspdarknet53.ppcls", 288)])
 def test_paddleclas_preprocessing_is_bit_exact(card, short, paddle_dump):
     """cv2 decode + ResizeImage(cv2 INTER_LINEAR) + CropImage, reproduced with Pillow + numpy."""
@@ -120,6 +123,7 @@ def test_paddleclas_preprocessing_is_bit_exact(card, short, paddle_dump):
     assert worst == 0
 
 
+@pytest.mark.zoo
 @pytest.mark.parametrize("card", sorted(MMCLS_NAMES))
 def test_mmcls_preprocessing_is_bit_exact(card, mm_dump):
     worst, frac, n = _compare_crops(card, mm_dump / f"{card}-preprocess.npz")
@@ -127,6 +131,7 @@ def test_mmcls_preprocessing_is_bit_exact(card, mm_dump):
     assert worst == 0
 
 
+@pytest.mark.zoo
 def test_source_checkpoint_through_export_and_onnxruntime(paddle_dump, mm_dump, tmp_path):
     """The other verbs take the exported artifact: export each source's file via the CLI, run ONNX Runtime."""
     from cvzoo.engines import load_engine
