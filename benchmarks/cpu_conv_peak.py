@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cvzoo.bench import machine_info
+from cvzoo.machine import machine_info
 from cvzoo.engines import installed_cpu_engines, physical_cores
 
 SHAPES = [(64, 112), (128, 56), (256, 28), (512, 14), (512, 7)]  # (channels, height = width)

@@ -19,7 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from cvzoo.bench import bench, machine_info, torch_eager_ips
+from cvzoo.bench import bench, torch_eager_ips
+from cvzoo.machine import machine_info
 from cvzoo.artifact import Artifact
 from cvzoo.build import build
 from cvzoo.buildconfig import parse_config

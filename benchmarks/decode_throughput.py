@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvzoo.bench import machine_info
+from cvzoo.machine import machine_info
 from cvzoo.card import get_card
 from cvzoo.engines import physical_cores
 from cvzoo.predict import decode_stream

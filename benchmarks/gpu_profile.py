@@ -24,7 +24,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from cvzoo.bench import machine_info
+from cvzoo.machine import machine_info
 from cvzoo.card import get_card
 from cvzoo.models import build_model, set_bn_statistics
 

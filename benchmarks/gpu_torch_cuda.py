@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from cvzoo.bench import machine_info
+from cvzoo.machine import machine_info
 from cvzoo.card import get_card
 from cvzoo.engines.conv_tactics import ConvTacticPass
 from cvzoo.engines.torch_cuda import cuda_median_ms as timed  # median ms per call, CUDA events

@@ -9,8 +9,6 @@ end-to-end number users see).
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import platform
 import queue as queue_mod
 import threading
 import time
@@ -24,6 +22,7 @@ import numpy as np
 from .artifact import Artifact, versions
 from .engines import ENGINES, accepts_uint8, engine_for, load_engine, physical_cores
 from .errors import CvzooError
+from .machine import machine_info
 
 
 @dataclass
@@ -45,24 +44,6 @@ def latency_stats(lat: Sequence[float]) -> dict:
     a = np.asarray(lat) * 1000.0
     return {"mean_ms": float(a.mean()), "min_ms": float(a.min()), "p50_ms": float(np.percentile(a, 50)),
             "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
-
-
-def machine_info() -> dict:
-    cpu, flags = platform.processor(), ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and cpu == platform.processor():
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores_usable": physical_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": " avx_vnni" in flags,
-            # what OpenVINO's fp16/bf16 builds compute with; without them it falls back to f32. f16 is fast only
-            # with AMX-FP16: on AVX512-FP16 alone it ran slower than f32 (docs/benchmarks.md)
-            "avx512_fp16": " avx512_fp16" in flags, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags,
-            "amx_fp16": " amx_fp16" in flags, "amx_int8": " amx_int8" in flags}
 
 
 def synthetic_batch(engine, batch: int, size: int, seed: int) -> tuple[np.ndarray, str]:

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import CvzooError
 
-# mean_minmax: each image's min/max, averaged over the images (NNCF's default for per-tensor activations); the
-# others pool every image's values, so one image with extreme activations sets the range of a small tensor
-CalibrateMode = Literal["minmax", "mean_minmax", "percentile", "entropy", "distribution"]
+# robust: each image's min/max, the 90th percentile over images (a few outlier photos do not set a range);
+# mean_minmax: each image's min/max averaged (NNCF's default for per-tensor activations); the others pool every
+# image's values (ONNX Runtime's calibrators), so one image with extreme activations sets a small tensor's range
+CalibrateMode = Literal["robust", "mean_minmax", "minmax", "percentile", "entropy", "distribution"]
+RecoveryStep = Literal["ranges", "placement", "equalization", "bias_correction", "weights_u8"]
 CALIBRATE_ALIASES = {"kl_divergence": "entropy", "kl": "entropy", "max": "minmax"}  # the seeds' names
 
 
@@ -21,13 +23,18 @@ class _Cfg(BaseModel):
 
 
 class QuantizeConfig(_Cfg):
-    calibrate_mode: CalibrateMode = "percentile"
+    calibrate_mode: CalibrateMode = "robust"
     percentile: float = Field(99.999, gt=90.0, le=100.0)
     per_channel: bool = True
     symmetric_activations: bool = False
     # int8 graph form: auto = measure the candidates on this CPU and keep the fastest that passes the guard
     format: Literal["auto", "qdq", "qoperator"] = "auto"
-    reduce_range: Optional[bool] = None  # None: decided by format search (7-bit weights help CPUs without VNNI)
+    # s8 symmetric int8, s7 the same in 7 bits (ONNX Runtime's reduce_range: no saturating sums without VNNI),
+    # u8 asymmetric (a u8 x u8 kernel, slower). auto: s8 and s7 timed, u8 as a recovery step
+    weights: Literal["auto", "s8", "s7", "u8"] = "auto"
+    # the CPU the artifact will run on, where it is not this one: no_vnni (AVX2 without VNNI) never ships full-range
+    # s8 weights, which may saturate there in a way this CPU's kernels cannot show. auto: this CPU
+    target_cpu: Literal["auto", "no_vnni"] = "auto"
     # Q/DQ on quantized ops' outputs too (ONNX Runtime's QLinearConv needs them) or on their inputs only (lets
     # OpenVINO fuse a float activation into the conv). None: true, except that openvino builds measure both
     quantize_outputs: Optional[bool] = None
@@ -35,6 +42,10 @@ class QuantizeConfig(_Cfg):
     # Which ops get int8. Conv/Gemm/MatMul carry the compute; quantizing SiLU's Sigmoid/Mul, SE gates or
     # pools adds error and buys little on CPU. [] = ONNX Runtime's full default list.
     op_types: list[str] = Field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
+    # tried in this order while the guard's target is missed, each kept only if it helps on the held-out images;
+    # after them, the fewest most sensitive nodes are kept in float
+    recovery: list[RecoveryStep] = Field(default_factory=lambda: ["ranges", "placement", "equalization",
+                                                                  "bias_correction", "weights_u8"])
 
     @model_validator(mode="after")
     def _placement(self):
@@ -48,27 +59,40 @@ class QuantizeConfig(_Cfg):
     def _aliases(cls, data):
         if isinstance(data, dict) and data.get("calibrate_mode") in CALIBRATE_ALIASES:
             data = {**data, "calibrate_mode": CALIBRATE_ALIASES[data["calibrate_mode"]]}
+        if isinstance(data, dict) and "reduce_range" in data:  # earlier configs: reduce_range true = 7-bit weights
+            rr = data["reduce_range"]
+            data = {k: v for k, v in data.items() if k != "reduce_range"}
+            if rr is not None:
+                data.setdefault("weights", "s7" if rr else "s8")
         return data
 
 
 class CalibrationConfig(_Cfg):
     path: Path
     suffix: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png"])
-    count: int = Field(200, ge=2)
+    # calibration images (NNCF's default subset size); None: 300, fewer where the folder is small
+    count: Optional[int] = Field(None, ge=2)
     seed: int = 0
-    holdout: float = Field(0.2, gt=0.0, lt=1.0)  # share of `count` kept out of calibration, for the guard
+    # images held out for the guard: a number (>= 1) or a share of the folder (< 1); None: 200 or 20% of the
+    # folder, whichever is larger, capped by what the folder has beside the calibration images
+    holdout: Optional[float] = Field(None, gt=0.0)
 
 
 class GuardConfig(_Cfg):
     enabled: bool = True
-    min_agreement: float = Field(0.99, ge=0.0, le=1.0)  # top-1 agreement with fp32 on the held-out images
-    max_top1_drop: float = Field(0.5, ge=0.0)  # points, where the held-out images have labels
+    # points of top-1 on the held-out images, expected from fp32's own probabilities (and, where the images have
+    # labels, the measured drop not significantly above it: quantize/guard.py); never finer than one image
+    max_top1_drop: float = Field(1.0, ge=0.0)
+    min_agreement: Optional[float] = Field(None, ge=0.0, le=1.0)  # also require this top-1 agreement with fp32
     max_excluded: int = Field(64, ge=0)
+    # a build that misses the target writes its artifact anyway, marked degraded (predict/eval/bench warn)
+    accept_degraded: bool = False
 
 
 class BuildConfig(_Cfg):
     model: str
     weights: Optional[str] = None  # checkpoint path, 'default', or none (random init)
+    fp32: Optional[Path] = None  # an fp32 artifact of `cvzoo export` to start from instead of exporting
     input_size: Optional[int] = Field(None, ge=32)
     engine: Literal["onnxruntime", "openvino", "torch-cuda"] = "onnxruntime"
     # fp16 for onnxruntime is an fp16 ONNX graph (for GPUs); fp16/bf16 for openvino keep the fp32 graph and
@@ -81,6 +105,12 @@ class BuildConfig(_Cfg):
     opset: int = 17
     workspace: Path = Path("artifacts")
     name: Optional[str] = None  # artifact folder name inside workspace
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.fp32 is not None and self.weights is not None:
+            raise ValueError("fp32 (an exported artifact) and weights exclude each other: the artifact has its weights")
+        return self
 
     @model_validator(mode="after")
     def _needs_calibration(self):

@@ -1,6 +1,7 @@
 """Calibration sets: seeded, class-balanced file selection and a streaming ORT CalibrationDataReader."""
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Optional, Sequence
@@ -13,9 +14,11 @@ from .card import Preprocessing
 from .errors import CvzooError
 
 
-def select_files(cfg: CalibrationConfig) -> list[Path]:
-    """`count` files, seeded; round-robin over class sub-folders when the folder has them, so every
-    class is represented (what the seeds ask of a calibration set)."""
+DEFAULT_COUNT = 300  # calibration images (NNCF's default subset size)
+MIN_HOLDOUT, HOLDOUT_SHARE = 200, 0.2  # the guard's held-out images: this many, or this share of the folder
+
+
+def folder_files(cfg: CalibrationConfig) -> list[Path]:
     root = Path(cfg.path)
     if not root.is_dir():
         raise CvzooError(f"{root}: calibration folder not found")
@@ -23,8 +26,38 @@ def select_files(cfg: CalibrationConfig) -> list[Path]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
         raise CvzooError(f"{root}: calibration folder has no images with suffix {' '.join(sorted(suffixes))}")
-    if cfg.count > len(files):
+    if cfg.count is not None and cfg.count > len(files):
         raise CvzooError(f"{root}: calibration count {cfg.count} is larger than the {len(files)} images there")
+    return files
+
+
+def split_sizes(cfg: CalibrationConfig, available: int) -> tuple[int, int]:
+    """(calibration, held-out) image counts. Held out: 200 or 20% of the folder, whichever is larger (a number or
+    share when given); where the folder cannot hold both, the held-out part takes at most half of it."""
+    if cfg.holdout is None:
+        held = max(MIN_HOLDOUT, math.ceil(HOLDOUT_SHARE * available))
+    else:
+        held = max(1, round(cfg.holdout * available)) if cfg.holdout < 1 else int(cfg.holdout)
+    count = cfg.count or min(DEFAULT_COUNT, available - min(held, available // 2))
+    held = min(held, available - count)
+    if held < 1:
+        raise CvzooError(f"{cfg.path}: no images left for the guard's held-out set beside {count} calibration images "
+                         f"(the folder has {available}); lower --count or add images")
+    return count, held
+
+
+def select_split(cfg: CalibrationConfig) -> tuple[list[Path], list[Path]]:
+    """Calibration and held-out files, seeded and class-balanced, disjoint."""
+    files = folder_files(cfg)
+    count, held = split_sizes(cfg, len(files))
+    return split_holdout(select_files(cfg, count + held, files), held)
+
+
+def select_files(cfg: CalibrationConfig, count: Optional[int] = None, files: Optional[list[Path]] = None) -> list[Path]:
+    """`count` files, seeded; round-robin over class sub-folders when the folder has them, so every
+    class is represented (what the seeds ask of a calibration set)."""
+    files = files if files is not None else folder_files(cfg)
+    count = count or cfg.count or min(DEFAULT_COUNT, len(files))
     rng = random.Random(cfg.seed)
     groups: dict[Path, list[Path]] = {}
     for f in files:
@@ -34,19 +67,18 @@ def select_files(cfg: CalibrationConfig) -> list[Path]:
     order = sorted(groups)
     rng.shuffle(order)
     picked: list[Path] = []
-    while len(picked) < cfg.count:  # one per class per round
+    while len(picked) < count:  # one per class per round
         for key in order:
-            if groups[key] and len(picked) < cfg.count:
+            if groups[key] and len(picked) < count:
                 picked.append(groups[key].pop())
     return picked
 
 
-def split_holdout(files: Sequence[Path], holdout: float) -> tuple[list[Path], list[Path]]:
-    """Every k-th file goes to the held-out part, so both parts keep the class balance."""
-    k = max(2, round(1 / holdout))
-    held = [f for i, f in enumerate(files) if i % k == k - 1]
-    calib = [f for i, f in enumerate(files) if i % k != k - 1]
-    return calib, held
+def split_holdout(files: Sequence[Path], held: int) -> tuple[list[Path], list[Path]]:
+    """`held` evenly spaced files go to the held-out part, so both parts keep the round-robin's class balance."""
+    n = len(files)
+    marks = {(k * n) // held + n // (2 * held) for k in range(held)} if held else set()
+    return [f for i, f in enumerate(files) if i not in marks], [f for i, f in enumerate(files) if i in marks]
 
 
 def load_arrays(files: Sequence[Path], pre: Preprocessing) -> tuple[np.ndarray, list[Path], list[str]]:

@@ -1,6 +1,7 @@
 """`cvzoo` command line: a thin layer over the Python API. Heavy imports (torch) stay inside commands."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -209,42 +210,50 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o")):
 
 
 @app.command()
-def build(target: str = typer.Argument(..., help="CONFIG.yaml, or a model name"),
+def build(target: str = typer.Argument(..., help="CONFIG.yaml, a model name, or an fp32 artifact of `cvzoo export`"),
           dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 | int8 (bf16: --engine openvino or torch-cuda)"),
           weights: Optional[str] = typer.Option(None, "--weights", "-w"),
           size: Optional[int] = typer.Option(None, "--size"),
           engine: Optional[str] = typer.Option(None, "--engine", help="onnxruntime | openvino | torch-cuda: the engine it is built for (predict/eval/bench default to it)"),
           calib: Optional[Path] = typer.Option(None, "--calib", help="calibration image folder"),
-          count: Optional[int] = typer.Option(None, "--count", help="calibration images"),
+          count: Optional[int] = typer.Option(None, "--count", help="calibration images (default 300, fewer in a small folder)"),
           seed: Optional[int] = typer.Option(None, "--seed"),
-          holdout: Optional[float] = typer.Option(None, "--holdout", help="share kept out for the guard"),
-          calibrate_mode: Optional[str] = typer.Option(None, "--calibrate-mode", help="minmax | mean_minmax | percentile | entropy (kl_divergence) | distribution"),
+          holdout: Optional[float] = typer.Option(None, "--holdout", help="images held out for the guard: a number, or a share of the folder if < 1 (default: 200 or 20%, whichever is larger)"),
+          calibrate_mode: Optional[str] = typer.Option(None, "--calibrate-mode", help="robust (default) | mean_minmax | minmax | percentile | entropy (kl_divergence) | distribution"),
           percentile: Optional[float] = typer.Option(None, "--percentile"),
           per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor"),
           symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="activations"),
           form: Optional[str] = typer.Option(None, "--format", help="auto | qdq | qoperator"),
-          reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range"),
+          int8_weights: Optional[str] = typer.Option(None, "--weights-int8", help="auto | s8 | s7 (7-bit, ORT's reduce_range) | u8"),
+          target_cpu: Optional[str] = typer.Option(None, "--target-cpu", help="auto (this CPU) | no_vnni: int8 for a CPU without VNNI (AVX2), built here: no full-range s8 weights"),
           quantize_outputs: Optional[bool] = typer.Option(None, "--qdq-outputs/--qdq-inputs-only", help="Q/DQ on conv outputs too, or on inputs only (default: measured for openvino)"),
           guard: Optional[bool] = typer.Option(None, "--guard/--no-guard"),
-          min_agreement: Optional[float] = typer.Option(None, "--min-agreement"),
-          max_top1_drop: Optional[float] = typer.Option(None, "--max-top1-drop"),
+          min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="also require this top-1 agreement with fp32 (0-1)"),
+          max_top1_drop: Optional[float] = typer.Option(None, "--max-top1-drop", help="points of top-1 on the held-out images (default 1.0)"),
+          accept_degraded: bool = typer.Option(False, "--accept-degraded", help="write an int8 artifact that misses the target, marked degraded"),
           workspace: Optional[Path] = typer.Option(None, "--workspace", "-o"),
           name: Optional[str] = typer.Option(None, "--name", help="artifact folder name"),
           force: bool = typer.Option(False, "--force")):
     """Build an fp32 / fp16 / bf16 / int8 engine artifact (the seeds' `vamc build`)."""
     from .build import build as run_build
     from .buildconfig import load_config, parse_config
+    from .artifact import Artifact, is_artifact
     is_file = target.endswith((".yaml", ".yml")) or Path(target).is_file()
-    data = load_config(Path(target)).model_dump(exclude_unset=True) if is_file else {"model": target}
+    if is_artifact(Path(target)):  # an fp32 export: build from it instead of exporting again
+        src = Artifact.load(Path(target))
+        data = {"model": src.name, "fp32": target, "input_size": src.preprocessing.input_size, "opset": src.get("opset")}
+    else:
+        data = load_config(Path(target)).model_dump(exclude_unset=True) if is_file else {"model": target}
     flags = {"dtype": dtype, "weights": weights, "input_size": size, "engine": engine, "workspace": workspace,
              "name": name}
     data.update({k: v for k, v in flags.items() if v is not None})
     sections = {
         "calibration": {"path": calib, "count": count, "seed": seed, "holdout": holdout},
         "quantize": {"calibrate_mode": calibrate_mode, "percentile": percentile, "per_channel": per_channel,
-                     "symmetric_activations": symmetric, "format": form, "reduce_range": reduce_range,
-                     "quantize_outputs": quantize_outputs},
-        "guard": {"enabled": guard, "min_agreement": min_agreement, "max_top1_drop": max_top1_drop},
+                     "symmetric_activations": symmetric, "format": form, "weights": int8_weights,
+                     "target_cpu": target_cpu, "quantize_outputs": quantize_outputs},
+        "guard": {"enabled": guard, "min_agreement": min_agreement, "max_top1_drop": max_top1_drop,
+                  "accept_degraded": accept_degraded or None},
     }
     for section, values in sections.items():
         given = {k: v for k, v in values.items() if v is not None}
@@ -387,8 +396,8 @@ def sweep(models: str = typer.Option(..., "--models", help="comma-separated mode
           dtypes: str = typer.Option("fp32,int8", "--dtypes", help="fp32, fp16, bf16, int8 (bf16: --engine openvino)"),
           data: Path = typer.Option(..., "--data", help="labelled evaluation data"),
           calib: Optional[Path] = typer.Option(None, "--calib"),
-          count: int = typer.Option(200, "--count", help="calibration images"),
-          calibrate_mode: str = typer.Option("percentile", "--calibrate-mode"),
+          count: Optional[int] = typer.Option(None, "--count", help="calibration images (default 300)"),
+          calibrate_mode: Optional[str] = typer.Option(None, "--calibrate-mode", help="default robust"),
           weights: Optional[str] = typer.Option("default", "--weights"),
           bench: bool = typer.Option(False, "--bench"),
           limit: Optional[int] = typer.Option(None, "--limit"),
@@ -423,13 +432,28 @@ def _usage_errors() -> tuple:
 USAGE_ERRORS = _usage_errors()
 
 
+class _WarningLine(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"[yellow]warning:[/yellow] {record.getMessage()}", highlight=False, soft_wrap=True)
+
+
+def _log_warnings_to_stderr() -> None:
+    """What the library logs as a warning (e.g. loading a degraded artifact) is one yellow line on stderr."""
+    log = logging.getLogger("cvzoo")
+    if not any(isinstance(h, _WarningLine) for h in log.handlers):
+        log.addHandler(_WarningLine(logging.WARNING))
+        log.propagate = False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: user errors become one line on stderr and exit code 2, no traceback."""
+    """Entry point: user errors become one line on stderr and exit code 2 (4: a build missed its target), no
+    traceback."""
+    _log_warnings_to_stderr()
     try:
         code = app(args=argv, standalone_mode=False)  # click returns typer.Exit codes in this mode
     except CvzooError as e:
         err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
-        return 2
+        return getattr(e, "exit_code", 2)
     except (typer.Exit, SystemExit) as e:
         return getattr(e, "exit_code", getattr(e, "code", 0)) or 0
     except typer.Abort:

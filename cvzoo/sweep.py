@@ -20,8 +20,8 @@ class Job:
     data: str
     out: str
     calib: Optional[str] = None
-    count: int = 200
-    calibrate_mode: str = "percentile"
+    count: Optional[int] = None
+    calibrate_mode: Optional[str] = None
     weights: Optional[str] = "default"
     bench: bool = False
     bench_seconds: float = 2.0
@@ -46,11 +46,12 @@ def run_job(job: Job) -> dict:
     from .evaluate import evaluate
     from .profile import profile_model
     cfg = {"model": job.model, "weights": job.weights, "dtype": job.dtype, "workspace": str(Path(job.out) / "artifacts"),
-           "engine": job.engine, "name": job.key, "quantize": {"calibrate_mode": job.calibrate_mode}}
+           "engine": job.engine, "name": job.key,
+           "quantize": {"calibrate_mode": job.calibrate_mode} if job.calibrate_mode else {}}
     if job.dtype == "int8":
         if not job.calib:
             raise CvzooError(f"{job.key}: int8 needs --calib DIR")
-        cfg["calibration"] = {"path": job.calib, "count": job.count}
+        cfg["calibration"] = {"path": job.calib, **({"count": job.count} if job.count else {})}
     art = build(parse_config(cfg, f"sweep {job.key}"), force=True, say=lambda m: None)
     summary = evaluate(art, job.data, Path(job.out) / "eval" / job.key, limit=job.limit, progress=False, fresh=True)
     card = get_card(job.model)
@@ -93,8 +94,8 @@ TABLE_FIELDS = ["model", "source", "precision", "engine", "top1", "top5", "delta
 
 
 def sweep(models: Sequence[str], dtypes: Sequence[str], data: Path, out: Path, calib: Optional[Path] = None,
-          bench: bool = False, ray_address: Optional[str] = None, use_ray: bool = False, count: int = 200,
-          calibrate_mode: str = "percentile", weights: Optional[str] = "default", limit: Optional[int] = None,
+          bench: bool = False, ray_address: Optional[str] = None, use_ray: bool = False, count: Optional[int] = None,
+          calibrate_mode: Optional[str] = None, weights: Optional[str] = "default", limit: Optional[int] = None,
           engine: str = "onnxruntime", say: Callable[[str], None] = print) -> list[dict]:
     """Every model x precision, built for `engine` (openvino: fp16/bf16 computed in half precision on CPUs
     that have it, int8 in the QDQ form OpenVINO reads)."""

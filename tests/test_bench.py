@@ -250,7 +250,7 @@ def test_openvino_runs_the_qdq_int8_artifact(tmp_path):
     art = build(parse_config(dict(model="tf_efficientnet_lite0", weights="default", dtype="int8", engine="openvino",
                                   workspace=str(tmp_path),
                                   guard=dict(enabled=False), quantize=dict(format="auto"),
-                                  calibration=dict(path=str(demo_images()[0].parent), count=8, holdout=0.25))),
+                                  calibration=dict(path=str(demo_images()[0].parent), count=6, holdout=2))),
                 say=lambda m: None)
     assert Artifact.load(art).manifest["build"]["quantization"]["format_chosen"] == "qdq"
     x = np.stack([__import__("cvzoo.preprocess", fromlist=["x"]).preprocess_image(p, Artifact.load(art).preprocessing)

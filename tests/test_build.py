@@ -1,8 +1,9 @@
-"""Issue 4: int8/fp16 builds: fidelity on real trained weights, the guard, determinism, bad configs.
+"""`cvzoo build`: int8 on real trained weights (the guard, a missed target, determinism, forms), fp16/bf16, bad
+configs. The quantize package's steps are tested on synthetic graphs in test_quantize.py; the int8 accuracy/speed
+matrix over every fixture, calibration set and engine is benchmarks/int8_matrix.py.
 
-Calibration for the Imagenette fixtures: 200 class-balanced images of ../shared/data/imagenet-sample
-(real ImageNet photos of other classes); 100 calibrate, 100 are the guard's held-out set. Evaluation:
-all 1000 images of ../shared/data/imagenette-val.
+Calibration for the Imagenette fixtures: ../shared/data/imagenet-sample (real ImageNet photos of other classes),
+the build's defaults. Evaluation: all 1000 images of ../shared/data/imagenette-val.
 """
 import json
 from pathlib import Path
@@ -17,10 +18,6 @@ from cvzoo.errors import CvzooError
 from cvzoo.predict import Predictor
 from tests.conftest import IMAGENET_SAMPLE, imagenet_sample_files, imagenette_files, need
 
-MAX_DROP = {"cspresnet50-imagenette": 0.5, "ese_vovnet19b_dw-imagenette": 0.5, "dla34-imagenette": 0.5,
-            "efficientnetv2_rw_t-imagenette": 1.0}
-
-
 def _top1(artifact, files) -> float:
     paths, labels = [f for f, _ in files], np.array([y for _, y in files])
     ids = np.array([p.ids[0] for p in Predictor(artifact).predict_paths(paths, topk=1, batch=50)])
@@ -28,9 +25,9 @@ def _top1(artifact, files) -> float:
 
 
 def _cfg(model, tmp, **kw):
+    """The build's defaults (300 calibration images, 200 held out, robust ranges, guard on), ImageNet photos."""
     base = dict(model=model, weights="default", dtype="int8", workspace=str(tmp),
-                quantize=dict(calibrate_mode="percentile", format="qdq"),
-                calibration=dict(path=str(need(IMAGENET_SAMPLE)), suffix=[".JPEG"], count=200, holdout=0.5))
+                calibration=dict(path=str(need(IMAGENET_SAMPLE))))
     for k, v in kw.items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return parse_config(base)
@@ -49,82 +46,98 @@ def fp32_top1(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module")
-def int8_build(tmp_path_factory):
-    """(artifact, top-1) of an int8 build, built once per (model, calibration mode, guard) in this module:
-    the guarded efficientnetv2 percentile build takes minutes on 2 cores and two tests read it."""
-    cache = {}
-
-    def get(name, mode, guard=True):
-        if (name, mode, guard) not in cache:
-            cfg = _cfg(name, tmp_path_factory.mktemp("int8"), quantize={"calibrate_mode": mode},
-                       guard={"enabled": guard})
-            art = build(cfg, say=lambda m: None)
-            cache[name, mode, guard] = art, _top1(art, imagenette_files())
-        return cache[name, mode, guard]
-    return get
+def _meets_on_imagenette(art, name, target, engine="onnxruntime"):
+    """The guard's own rule applied to all 1000 labelled Imagenette val images, none of them seen by the build: the
+    expected drop (from fp32's probabilities) within the target and the measured drop not significantly above it.
+    A point drop on 1000 images has a 95% interval of about +-1 point (a few dozen images flip either way), so
+    asserting the point alone would test which dozen images flip on this CPU's kernels."""
+    from cvzoo.calibration import load_arrays
+    from cvzoo.card import get_card
+    from cvzoo.quantize import measure_fidelity
+    from cvzoo.runners import run_logits
+    files = imagenette_files()
+    x = load_arrays([f for f, _ in files], get_card(name).preprocessing)[0]
+    fp32 = build(parse_config(dict(model=name, weights="default", workspace=str(art.parent / "fp32"))),
+                 say=lambda m: None)
+    f = measure_fidelity(run_logits(fp32 / "model.onnx", x), run_logits(art / "model.onnx", x, engine=engine),
+                         np.array([y for _, y in files]))
+    print(f"{name} int8 on Imagenette val ({engine}): {f.summary()}")
+    return f.passes(target)
 
 
 @pytest.mark.shared
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["minmax", "percentile", "entropy"])
-@pytest.mark.parametrize("name", list(MAX_DROP))
-def test_int8_with_guard_keeps_fixture_accuracy(name, mode, fp32_top1, int8_build):
-    art, top1 = int8_build(name, mode)
+def test_efficientnetv2_on_generic_photos_meets_its_target_with_a_handful_in_float(tmp_path):
+    """The case that lost 58 points (pooled percentile ranges set by two photos): default settings, calibrated on
+    ImageNet photos of other classes, evaluated on Imagenette val (none of them used by the build)."""
+    name = "efficientnetv2_rw_t-imagenette"
+    said = []
+    art = build(_cfg(name, tmp_path), say=said.append)
+    m = Artifact.load(art).manifest["build"]
+    q, g = m["quantization"], m["guard"]
+    print(f"{name}: {q['form']}, {len(q['excluded_nodes'])} nodes in float, steps "
+          f"{[(s['step'], s['kept']) for s in q['steps']]}, held-out {g['after']['expected_drop']:+.2f}, "
+          f"speed-up {q['speedup_vs_fp32']}")
+    assert g["passed"] and len(q["excluded_nodes"]) <= 5 and _meets_on_imagenette(art, name, 1.0)
+    assert len(m["calibration"]["files"]) == 300 and len(g["held_out"]) == 200 and not g["labelled"]
+    assert set(q["speedup_vs_fp32"]) == {"b1", "b8"} and q["float_head"] == "/classifier/Gemm"
+    # the photos that set pooled ranges are named, and the robust ranges do not let them
+    assert {"n01537544_indigo_bunting.JPEG"} <= {Path(o["file"]).name for o in g["calibration_outliers"]}
+    assert any("indigo_bunting" in line for line in said)
+
+
+@pytest.mark.shared
+def test_guard_does_not_exclude_nodes_for_noise(tmp_path):
+    """dla34 on generic photos: int8 flips a few of the 200 held-out photos' top-1 (between classes fp32 itself is
+    unsure of); the guard passes it fully quantized, where the old 99%-agreement rule kept 37 of 38 nodes in float."""
+    art = build(_cfg("dla34-imagenette", tmp_path), say=lambda m: None)
+    m = Artifact.load(art).manifest["build"]
+    g, q = m["guard"], m["quantization"]
+    assert g["passed"] and q["excluded_nodes"] == [] and q["steps"] == []
+    assert g["after"]["agreement"] < 1.0  # there were flips, and they were not enough to act on
+    assert g["after"]["expected_ci95"][0] <= g["after"]["expected_drop"] <= g["after"]["expected_ci95"][1]
+    assert q["form"] in q["form_timings_b1_s"] and q["machine"]["cpu"]
+
+
+@pytest.mark.shared
+def test_a_missed_target_exits_4_and_writes_nothing_unless_accepted(tmp_path):
+    """A target the build cannot meet (every held-out image in agreement, no recovery, nothing kept in float):
+    exit code 4, one line saying what was reached and what was asked, no artifact. --accept-degraded writes it,
+    marked, and predict warns when it loads it."""
+    import subprocess
+    import sys
+    cfg = tmp_path / "miss.yaml"
+    cfg.write_text(f"model: ese_vovnet19b_dw-imagenette\nweights: default\ndtype: int8\nworkspace: {tmp_path / 'ws'}\n"
+                   f"calibration: {{path: {need(IMAGENET_SAMPLE)}, count: 40, holdout: 100}}\n"
+                   "quantize: {recovery: []}\nguard: {min_agreement: 1.0, max_excluded: 0}\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cvzoo", *map(str, a)], capture_output=True, text=True)
+    miss = run("build", cfg)
+    assert miss.returncode == 4 and "Traceback" not in miss.stderr, miss.stderr
+    line = " ".join(miss.stderr.split())
+    assert "int8 misses the guard's target" in line and "no artifact written" in line and "--accept-degraded" in line
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").iterdir())
+    kept = run("build", cfg, "--accept-degraded")
+    assert kept.returncode == 0, kept.stderr
+    art = tmp_path / "ws" / "ese_vovnet19b_dw-imagenette-112-int8-robust"
     m = Artifact.load(art).manifest
-    ref = fp32_top1(name)
-    g = m["build"]["guard"]
-    print(f"{name} {mode}: fp32 {ref:.1f} int8 {top1:.1f} (drop {ref - top1:+.1f}); guard held-out agreement "
-          f"{100 * g['before']['agreement']:.0f}% -> {100 * g['after']['agreement']:.0f}% with "
-          f"{len(m['build']['quantization']['excluded_nodes'])} nodes in float")
-    assert m["precision"] == "int8" and len(m["build"]["calibration"]["files"]) == 100
-    assert ref - top1 <= MAX_DROP[name]
-
-
-@pytest.mark.shared
-@pytest.mark.slow
-def test_guard_off_vs_on_efficientnetv2(fp32_top1, int8_build):
-    name = "efficientnetv2_rw_t-imagenette"
-    (off, top_off), (on, top_on) = int8_build(name, "percentile", guard=False), int8_build(name, "percentile")
-    ref = fp32_top1(name)
-    print(f"{name}: fp32 {ref:.1f}, int8 guard off {top_off:.1f}, guard on {top_on:.1f}")
-    assert Artifact.load(off).manifest["build"]["quantization"]["excluded_nodes"] == []
-    excluded = Artifact.load(on).manifest["build"]["quantization"]["excluded_nodes"]
-    assert len(excluded) > 0 and top_on > top_off + 2.0 and ref - top_on <= 1.0
-
-
-@pytest.mark.shared
-@pytest.mark.slow
-def test_mean_minmax_efficientnetv2(fp32_top1, int8_build):
-    """Two of the 100 calibration photos drive efficientnetv2_rw_t's activations to up to 73x the median image's
-    (in 302 and 205 of its 327 calibrated tensors); pooled statistics (percentile) take those ranges from them,
-    per-image means do not."""
-    name = "efficientnetv2_rw_t-imagenette"
-    pct, top_pct = int8_build(name, "percentile", guard=False)
-    mmm, top_mmm = int8_build(name, "mean_minmax", guard=False)
-    agree = {k: Artifact.load(a).manifest["build"]["guard"]["before"]["agreement"] for k, a in (("pct", pct),
-                                                                                                  ("mmm", mmm))}
-    print(f"{name}, guard off: percentile {top_pct:.1f} (held-out agreement {100 * agree['pct']:.0f}%), mean_minmax "
-          f"{top_mmm:.1f} ({100 * agree['mmm']:.0f}%); fp32 {fp32_top1(name):.1f}")
-    # (guarded, mean_minmax ends within 0.5 of fp32: docs/quantization.md has the command; a third guarded
-    # build of this model here would cost CI minutes for a claim the percentile matrix already makes)
-    assert top_mmm > top_pct + 3.0 and agree["mmm"] > agree["pct"] + 0.1
-    # the guarded percentile build names them (and the manifest keeps the list)
-    outliers = Artifact.load(int8_build(name, "percentile")[0]).manifest["build"]["guard"]["calibration_outliers"]
-    assert {"n01537544_indigo_bunting.JPEG", "n01693334_green_lizard.JPEG"} <= {Path(o["file"]).name for o in outliers}
+    assert "int8 misses the guard's target" in m["degraded"] and m["build"]["guard"]["passed"] is False
+    pred = run("predict", art, sorted(need(IMAGENET_SAMPLE).glob("*.JPEG"))[0], "-q")
+    assert pred.returncode == 0 and "accuracy target" in " ".join(pred.stderr.split()) and "degraded" in pred.stderr
 
 
 @pytest.mark.shared
 @pytest.mark.slow
 def test_lite0_int8_on_imagenet_sample_disjoint_halves(tmp_path):
+    """Real ImageNet weights, the config's settings: calibrated and guarded on 500 ImageNet photos (labelled, so
+    the guard measures the drop), evaluated on the other 500."""
     cfg = load_config(Path("configs/tf_efficientnet_lite0_int8.yaml"))
     cfg.calibration.path = need(IMAGENET_SAMPLE)
     cfg.workspace = tmp_path
     art = build(cfg, say=print)
-    used = {f["path"] for f in Artifact.load(art).manifest["build"]["calibration"]["files"]}
-    used |= set(Artifact.load(art).manifest["build"]["guard"]["held_out"])
+    m = Artifact.load(art).manifest["build"]
+    used = {f["path"] for f in m["calibration"]["files"]} | set(m["guard"]["held_out"])
     rest = [(f, y) for f, y in imagenet_sample_files() if str(f) not in used]
-    assert len(rest) == 500
+    assert len(rest) == 500 and m["guard"]["labelled"]
     fp32 = build(parse_config(dict(model="tf_efficientnet_lite0", weights="default", workspace=str(tmp_path))),
                  say=lambda m: None)
     a, b = _top1(fp32, rest), _top1(art, rest)
@@ -134,41 +147,44 @@ def test_lite0_int8_on_imagenet_sample_disjoint_halves(tmp_path):
 
 @pytest.mark.shared
 def test_build_is_deterministic_and_records_settings(tmp_path):
-    cfg = _cfg("dla34-imagenette", tmp_path, calibration={"count": 40}, guard={"enabled": False})
+    cfg = _cfg("dla34-imagenette", tmp_path, calibration={"count": 40, "holdout": 20}, guard={"enabled": False},
+               quantize={"format": "qdq", "weights": "s8"})
     a = build(cfg, say=lambda m: None)
     b = build(cfg.model_copy(update={"name": "again"}), say=lambda m: None)
     assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
     m = json.loads((a / "manifest.json").read_text())
     q = m["build"]["quantization"]
-    assert q["calibrate_mode"] == "percentile" and q["per_channel"] is True and q["format_chosen"] == "qdq"
+    assert q["calibrate_mode"] == "robust" and q["per_channel"] is True and q["form"] == "qdq-s8"
+    assert q["plan"] == {"ranges": "robust", "weights": ["s8"], "outputs": None, "equalized": False,
+                         "bias_corrected": False}
+    assert len(m["build"]["calibration"]["files"]) == 40 and len(m["build"]["guard"]["held_out"]) == 20
     assert all(len(f["sha256"]) == 64 for f in m["build"]["calibration"]["files"])
-    assert m["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8
+    assert m["build"]["guard"]["passed"] is None and m["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8
 
 
 @pytest.mark.shared
 def test_auto_format_measures_candidates(tmp_path):
-    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40}, quantize={"format": "auto"},
+    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40, "holdout": 20},
                      guard={"enabled": False}), say=lambda m: None)
-    t = Artifact.load(art).manifest["build"]["quantization"]["form_timings_b1_s"]
-    assert {"fp32", "qdq", "qdq-reduce_range", "qoperator", "qoperator-reduce_range"} <= set(t)
-    chosen = Artifact.load(art).manifest["build"]["quantization"]["form"]
-    assert t[chosen] == min(v for k, v in t.items() if k != "fp32")
+    q = Artifact.load(art).manifest["build"]["quantization"]
+    t = q["form_timings_b1_s"]
+    assert {"fp32", "qdq-s8", "qdq-s7", "qoperator-s8", "qoperator-s7"} <= set(t)
+    assert q["form"] in t and set(q["timings_s"]) == {"fp32_b1", "int8_b1", "fp32_b8", "int8_b8"}
 
 
 @pytest.mark.shared
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dla34-imagenette", "ese_vovnet19b_dw-imagenette", "cspresnet50-imagenette"])
-def test_openvino_int8_keeps_fixture_accuracy(name, tmp_path, fp32_top1):
+def test_openvino_int8_keeps_fixture_accuracy(tmp_path):
     """An int8 build for OpenVINO: Q/DQ placement timed and the guard measured with OpenVINO's own int8 kernels
     (which differ from ONNX Runtime's, e.g. on CPUs without VNNI); evaluated with OpenVINO."""
     pytest.importorskip("openvino")
-    art = build(_cfg(name, tmp_path, engine="openvino", quantize={"format": "auto"}), say=lambda m: None)
+    name = "dla34-imagenette"
+    art = build(_cfg(name, tmp_path, engine="openvino"), say=lambda m: None)
     q = Artifact.load(art).manifest["build"]["quantization"]
-    assert q["measured_with"] == "openvino" and {"qdq", "qdq-inputs_only"} <= set(q["form_timings_b1_s"])
-    top1, ref = _top1(art, imagenette_files()), fp32_top1(name)
-    print(f"{name} openvino int8 ({q['form']}, {len(q['excluded_nodes'])} nodes in float): top-1 {top1:.1f} "
-          f"vs fp32 {ref:.1f}; b1 ms {q['form_timings_b1_s']}")
-    assert ref - top1 <= MAX_DROP[name]
+    assert q["measured_with"] == "openvino" and {"qdq-s8", "qdq-s8-inputs_only"} <= set(q["form_timings_b1_s"])
+    print(f"{name} openvino int8 ({q['form']}, {len(q['excluded_nodes'])} nodes in float), speed-up "
+          f"{q['speedup_vs_fp32']}")
+    assert _meets_on_imagenette(art, name, 0.5, engine="openvino")  # tighter than the build's 1.0
 
 
 @pytest.mark.shared
@@ -177,104 +193,18 @@ def test_qdq_placement(outputs, tmp_path):
     """Q/DQ on conv outputs too (ONNX Runtime's QLinearConv form) or on conv inputs only (NNCF's placement,
     which lets OpenVINO fuse the activation); both compute the same network."""
     import onnx
-    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40}, guard={"enabled": False},
-                     quantize={"quantize_outputs": outputs}), say=lambda m: None)
+    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40, "holdout": 20}, guard={"enabled": False},
+                     quantize={"quantize_outputs": outputs, "weights": "s8", "format": "qdq"}), say=lambda m: None)
     g = onnx.load(str(art / "model.onnx")).graph
     conv_outputs = {n.output[0] for n in g.node if n.op_type == "Conv"}
     dq_outputs = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
-    assert all(n.input[0] in dq_outputs and n.input[1] in dq_outputs for n in g.node if n.op_type == "Conv")
+    quantized = [n for n in g.node if n.op_type == "Conv" and n.name != "/fc/Conv"]  # the classifier stays float
+    assert quantized and all(n.input[0] in dq_outputs and n.input[1] in dq_outputs for n in quantized)
     assert any(n.op_type == "QuantizeLinear" and n.input[0] in conv_outputs for n in g.node) == outputs
     q = Artifact.load(art).manifest["build"]["quantization"]
-    assert q["quantize_outputs_chosen"] == outputs and q["form"] == ("qdq" if outputs else "qdq-inputs_only")
-    assert q["measured_with"] == "onnxruntime"
+    assert q["quantize_outputs_chosen"] == outputs and q["form"].endswith("-inputs_only") != outputs
+    assert q["measured_with"] == "onnxruntime" and q["float_head"] == "/fc/Conv"
     assert Artifact.load(art).manifest["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8
-
-
-def _conv_chain(path, outlier: float):
-    """x -> conv1 -> conv2 -> conv3 -> pool -> gemm. conv1's channel 0 is `outlier` x larger and conv2 reads it
-    through a weight `outlier` x smaller: the float network does not notice, but conv2's int8 input (one scale
-    per tensor) leaves its other channels a few levels each, so conv2 is the node to keep in float."""
-    import onnx
-    from onnx import helper, numpy_helper
-    rng = np.random.default_rng(0)
-    w = {f"w{i}": rng.standard_normal((4, 4, k, k)).astype(np.float32) / (4 * k) for i, k in ((1, 3), (2, 1), (3, 1))}
-    w["w1"][0] *= outlier
-    w["w2"][:, 0] /= outlier
-    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
-    inits += [numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, f"b{i}") for i in (1, 2, 3)]
-    inits += [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "wf"),
-              numpy_helper.from_array(np.zeros(3, np.float32), "bf")]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], name="conv2"),
-             helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], name="conv3"),
-             helper.make_node("GlobalAveragePool", ["c3"], ["p"], name="pool"),
-             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 4, 8, 8])],
-                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 3])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
-def test_isolated_sensitivity_finds_the_node_whose_int8_input_is_crushed(tmp_path):
-    """The guard's ranking on a network built so that one node's quantization is the damage (real ONNX Runtime
-    quantization and sessions, no fixtures needed)."""
-    from cvzoo.build import CALIBRATION_CACHE, Int8Form, _quantize, rank_sensitivity
-    from cvzoo.buildconfig import QuantizeConfig
-    from cvzoo.calibration import ArrayReader
-    x = np.random.default_rng(1).standard_normal((32, 4, 8, 8)).astype(np.float32)
-    ranks = {}
-    for outlier in (1.0, 1000.0):
-        fp32, qdq = tmp_path / f"fp32-{outlier}.onnx", tmp_path / f"qdq-{outlier}.onnx"
-        _conv_chain(fp32, outlier)
-        _quantize(fp32, qdq, ArrayReader(x[:16], "x"), QuantizeConfig(calibrate_mode="minmax"), Int8Form("qdq", False),
-                  [], tmp_path / f"{outlier}-{CALIBRATION_CACHE}")
-        ranks[outlier] = rank_sensitivity(fp32, qdq, x[16:], ["Conv", "Gemm"])
-    assert {n for n, _ in ranks[1.0]} == {n for n, _ in ranks[1000.0]} == {"conv1", "conv2", "conv3", "fc"}
-    scores, before = dict(ranks[1000.0]), dict(ranks[1.0])
-    assert ranks[1000.0][0][0] == "conv2" and scores["conv2"] > 20 * max(scores["conv1"], scores["conv3"], scores["fc"])
-    assert scores["conv2"] > 1000 * before["conv2"]  # the outlier, not the chain, is what hurts conv2
-    # without the outlier no node stands out (int8 costs each about the same)
-    assert max(before.values()) < 10 * min(before.values())
-
-
-def test_mean_minmax_is_the_mean_of_each_images_range(tmp_path):
-    """mean_minmax (NNCF's per-tensor default): the range of a tensor is each calibration image's min/max averaged,
-    so one image with extreme activations no longer sets it, as it does for minmax (real ORT quantization)."""
-    import onnx
-    from onnx import numpy_helper
-    from cvzoo.build import CALIBRATION_CACHE, Int8Form, _quantize, calibration_reader
-    from cvzoo.buildconfig import QuantizeConfig
-    _conv_chain(tmp_path / "fp32.onnx", 1.0)
-    x = np.random.default_rng(2).standard_normal((16, 4, 8, 8)).astype(np.float32)
-    x[5] *= 30  # the outlier image
-    scale = {}
-    for mode in ("minmax", "mean_minmax"):
-        q = QuantizeConfig(calibrate_mode=mode)
-        _quantize(tmp_path / "fp32.onnx", tmp_path / f"{mode}.onnx", calibration_reader(x, "x", q), q,
-                  Int8Form("qdq", False), [], tmp_path / f"{mode}-{CALIBRATION_CACHE}")
-        g = onnx.load(str(tmp_path / f"{mode}.onnx")).graph
-        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-        quantize_x = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
-        scale[mode] = float(inits[quantize_x.input[1]])
-    per_image = x.reshape(16, -1)
-    expect = {"minmax": (max(x.max(), 0) - min(x.min(), 0)) / 255,  # uint8: the range always holds 0
-              "mean_minmax": (max(per_image.max(1).mean(), 0) - min(per_image.min(1).mean(), 0)) / 255}
-    assert scale == pytest.approx(expect, rel=1e-5)
-    assert scale["mean_minmax"] < scale["minmax"] / 5
-
-
-def test_calibration_outliers_names_the_image_that_dwarfs_the_others(tmp_path):
-    from cvzoo.build import calibration_outliers, outlier_note
-    _conv_chain(tmp_path / "fp32.onnx", 1.0)
-    x = np.random.default_rng(3).standard_normal((16, 4, 8, 8)).astype(np.float32)
-    files = [tmp_path / f"img{i}.jpg" for i in range(16)]
-    tensors = ["x", "c1", "c2", "c3", "not-in-the-graph"]
-    assert calibration_outliers(tmp_path / "fp32.onnx", x, files, tensors) == []
-    x[7] *= 30
-    found = calibration_outliers(tmp_path / "fp32.onnx", x, files, tensors)
-    assert [f["file"] for f in found] == [str(files[7])] and found[0]["of"] == 4 and found[0]["tensors"] >= 3
-    assert found[0]["max_times_median"] > 10
-    assert "img7.jpg" in outlier_note(found, "percentile") and "mean_minmax" in outlier_note(found, "percentile")
 
 
 @pytest.mark.shared
@@ -291,7 +221,7 @@ def test_fp16_build(tmp_path):
     assert len(pred.ids) == 5
 
 
-HALF_CASES = [(name, "bf16") for name in MAX_DROP] + [("efficientnetv2_rw_t-imagenette", "fp16")]
+HALF_CASES = [("dla34-imagenette", "bf16"), ("efficientnetv2_rw_t-imagenette", "fp16")]  # the rest: docs/quantization.md
 
 
 @pytest.mark.shared
@@ -394,3 +324,25 @@ def test_cli_typo_in_yaml_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cvzoo", "build", str(cfg)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown key 'quantize.per_chanel' (did you mean 'per_channel'?)" in proc.stderr
+
+
+def test_build_from_an_exported_fp32_artifact(tmp_path):
+    """`cvzoo build ARTIFACT --dtype int8 ...`: the export is used as it is (checked against its manifest), not
+    made again; one that is not what the build describes, or whose files changed, is refused in one line."""
+    import subprocess
+    import sys
+    from cvzoo.export import demo_images, export
+    fp32 = export("dla46_c", out=tmp_path / "fp32", size=96)
+    calib = demo_images()[0].parent
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cvzoo", "build", *map(str, a)], capture_output=True, text=True)
+    ok = run(fp32, "--dtype", "int8", "--calib", calib, "--count", 6, "--holdout", 2, "--no-guard", "-o", tmp_path / "ws")
+    assert ok.returncode == 0, ok.stderr
+    art = Artifact.load(tmp_path / "ws" / "dla46_c-96-int8-robust")
+    assert art.manifest["weights"] == Artifact.load(fp32).manifest["weights"] and art.precision == "int8"
+    assert str(fp32) in ok.stdout.replace("\n", "")
+    with pytest.raises(CvzooError, match="not an fp32 export of dla46_c at 128 px"):
+        build(parse_config(dict(model="dla46_c", fp32=str(fp32), input_size=128, workspace=str(tmp_path / "w2"))),
+              say=lambda m: None)
+    (fp32 / "model.onnx").write_bytes((fp32 / "model.onnx").read_bytes()[:-1] + b"\0")
+    bad = run(fp32, "--dtype", "fp16", "-o", tmp_path / "ws")
+    assert bad.returncode == 2 and "sha256 differs from the manifest" in bad.stderr and "Traceback" not in bad.stderr

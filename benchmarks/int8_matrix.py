@@ -1,0 +1,210 @@
+"""The int8 table: accuracy and speed together, cvzoo's default build next to its fully quantized --no-guard build and
+to NNCF on the same calibration photos, on ONNX Runtime and OpenVINO. Writes JSON (and prints Markdown).
+
+    python benchmarks/int8_matrix.py --out benchmarks/results/int8_matrix.json [--models ...] [--engines ...]
+
+For each Imagenette fixture and each calibration folder (../shared/data/imagenet-sample: generic photos of other
+classes; ../shared/data/imagenette-val: in-domain), with the build's defaults (300 calibration images, 200 held
+out for the guard): top-1 on the Imagenette val images used by neither, against the fp32 export; int8 b1/b8 times
+against fp32 and against --no-guard, the three (four with NNCF) timed in turns, 15 rounds: ratios are taken
+round by round and their median reported (`default_is_noguard`: the two model files are the same bytes). NNCF (`nncf.quantize` on the same fp32
+ONNX, its defaults, subset_size = the same calibration images) is evaluated and timed the same way; a graph an
+engine cannot load is reported as such. tf_efficientnet_lite0 (real ImageNet weights): calibrated on part of the
+ImageNet sample, evaluated on the rest. Run on an idle machine (timings are medians of interleaved runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cvzoo.artifact import Artifact
+from cvzoo.build import build
+from cvzoo.buildconfig import parse_config
+from cvzoo.calibration import load_arrays
+from cvzoo.engines import installed_cpu_engines, load_engine
+from cvzoo.errors import TargetMissed
+from cvzoo.machine import machine_info
+from cvzoo.runners import in_batches, model_runner, time_rounds
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIXTURES = ["dla34-imagenette", "cspresnet50-imagenette", "ese_vovnet19b_dw-imagenette", "efficientnetv2_rw_t-imagenette"]
+TARGET = {"efficientnetv2_rw_t-imagenette": 1.0, "tf_efficientnet_lite0": 0.5}  # others: 0.3
+
+
+def imagenette_files() -> list[tuple[Path, int]]:
+    root = SHARED / "imagenette-val"
+    synsets = sorted(p.name for p in root.iterdir() if p.is_dir())
+    return [(f, i) for i, s in enumerate(synsets) for f in sorted((root / s).glob("*.JPEG"))]
+
+
+def imagenet_files() -> list[tuple[Path, int]]:
+    files = sorted((SHARED / "imagenet-sample").glob("*.JPEG"))
+    synsets = sorted({f.name.split("_")[0] for f in files})
+    return [(f, synsets.index(f.name.split("_")[0])) for f in files]
+
+
+def nncf_quantize(fp32: Path, calib: np.ndarray, out: Path) -> tuple[Path, float]:
+    import nncf
+    import onnx
+    t0 = time.perf_counter()
+    model = onnx.load(str(fp32))
+    name = model.graph.input[0].name
+    q = nncf.quantize(model, nncf.Dataset([{name: calib[i:i + 1]} for i in range(len(calib))]), subset_size=len(calib))
+    onnx.save(q, str(out))
+    return out, time.perf_counter() - t0
+
+
+def top1(run, arrays: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float((in_batches(run, arrays, 50).argmax(1) == labels).mean())
+
+
+def runner(path_or_art, engine: str):
+    if isinstance(path_or_art, Artifact):
+        return load_engine(path_or_art, engine).run
+    return model_runner(Path(path_or_art), engine)
+
+
+def one(name: str, calib_dir: Path, eval_files: list[tuple[Path, int]], engines: list[str], ws: Path,
+        with_nncf: bool, target_cpu: str = "auto") -> dict:
+    tag = calib_dir.name
+    row: dict = {"model": name, "calibration": tag, "target_drop": TARGET.get(name, 0.3), "engines": {}}
+    fp32 = Artifact.load(build(parse_config({"model": name, "weights": "default", "workspace": str(ws),
+                                             "name": f"{name}-fp32"}), force=True, say=lambda m: None))
+    for engine in engines:
+        cfg = {"model": name, "weights": "default", "dtype": "int8", "engine": engine, "workspace": str(ws),
+               "calibration": {"path": str(calib_dir)}, "quantize": {"target_cpu": target_cpu}}
+        t0 = time.perf_counter()
+        log: list[str] = []
+        try:
+            default = Artifact.load(build(parse_config({**cfg, "name": f"{name}-{tag}-{engine}-default"}), force=True,
+                                          say=log.append))
+            missed = None
+        except TargetMissed as e:
+            missed, default = str(e), None
+        seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        nog = Artifact.load(build(parse_config({**cfg, "name": f"{name}-{tag}-{engine}-noguard",
+                                                "guard": {"enabled": False}}), force=True, say=lambda m: None))
+        nog_seconds = time.perf_counter() - t0
+        ref = default or nog
+        m = ref.manifest["build"]
+        used = {f["path"] for f in m["calibration"]["files"]} | set(m["guard"]["held_out"])
+        rest = [(f, y) for f, y in eval_files if str(f) not in used]
+        arrays = load_arrays([f for f, _ in rest], fp32.preprocessing)[0]
+        labels = np.array([y for _, y in rest])
+        runs = {"fp32": runner(fp32, engine), "noguard": runner(nog, engine)}
+        if default:
+            runs["default"] = runner(default, engine)
+        e: dict = {"eval_images": len(rest), "build_seconds": round(seconds, 1), "noguard_build_seconds": round(nog_seconds, 1),
+                   "default_missed_target": missed}
+        if with_nncf:
+            calib = load_arrays([Path(f["path"]) for f in m["calibration"]["files"]], fp32.preprocessing)[0]
+            p, secs = nncf_quantize(fp32.model_path, calib, ws / f"{name}-{tag}-nncf.onnx")
+            e["nncf_seconds"] = round(secs, 1)
+            try:
+                runs["nncf"] = runner(p, engine)
+                runs["nncf"](arrays[:1])
+            except Exception as err:  # an engine that cannot load NNCF's graph: reported, not fatal
+                runs.pop("nncf", None)
+                e["nncf_error"] = str(err).splitlines()[0][:300]
+        for k, run in runs.items():
+            e[f"{k}_top1"] = top1(run, arrays, labels)
+            if k != "fp32":
+                e[f"{k}_drop"] = round(e["fp32_top1"] - e[f"{k}_top1"], 2)
+        shape = (1, 3, fp32.preprocessing.input_size, fp32.preprocessing.input_size)
+        for b in (1, 8):
+            t = time_rounds(runs, (b, *shape[1:]), rounds=15, seconds=0.2)
+            e[f"ms_b{b}"] = {k: round(1000 * float(np.median(v)), 3) for k, v in t.items()}
+            # ratios round by round (the runners take turns within a round), then their median
+            ratio = lambda a, c: round(float(np.median(np.array(t[a]) / np.array(t[c]))), 3)
+            for k in runs:
+                if k != "fp32":
+                    e[f"{k}_speedup_b{b}"] = ratio("fp32", k)
+            if "default" in t:
+                e[f"default_vs_noguard_b{b}"] = ratio("noguard", "default")
+        if default:
+            e["default_is_noguard"] = default.model_path.read_bytes() == nog.model_path.read_bytes()
+        if default:
+            q = default.manifest["build"]["quantization"]
+            e.update({"form": q["form"], "plan": q["plan"], "excluded_nodes": len(q["excluded_nodes"]),
+                      "steps": [(s["step"], s["kept"]) for s in q["steps"]],
+                      "guard_after": default.manifest["build"]["guard"]["after"]})
+        e["noguard_form"] = nog.manifest["build"]["quantization"]["form"]
+        row["engines"][engine] = e
+        print(json.dumps({"model": name, "calibration": tag, "engine": engine,
+                          **{k: v for k, v in e.items() if k != "guard_after"}}), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(FIXTURES))
+    ap.add_argument("--calib", default="imagenet-sample,imagenette-val")
+    ap.add_argument("--engines", default=",".join(installed_cpu_engines()))
+    ap.add_argument("--no-nncf", action="store_true")
+    ap.add_argument("--lite0", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--target-cpu", default="auto", help="no_vnni: the forms a CPU without VNNI gets (accuracy "
+                    "carries over to it, speed does not)")
+    ap.add_argument("--out", default="benchmarks/results/int8_matrix.json")
+    ap.add_argument("--table", help="only print the Markdown table of an earlier run's JSON")
+    args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
+    engines = args.engines.split(",")
+    with_nncf = not args.no_nncf
+    if with_nncf:
+        import nncf  # noqa: F401  (pip install nncf: fail before any work)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp)
+        for name in [m for m in args.models.split(",") if m]:
+            for calib in args.calib.split(","):
+                rows.append(one(name, SHARED / calib, imagenette_files(), engines, ws, with_nncf, args.target_cpu))
+        if args.lite0:
+            rows.append(one("tf_efficientnet_lite0", SHARED / "imagenet-sample", imagenet_files(), engines, ws,
+                            with_nncf, args.target_cpu))
+    import importlib.metadata as md
+    report = {"machine": machine_info(), "target_cpu": args.target_cpu, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+              "versions": {p: md.version(p) for p in ("onnxruntime", "openvino", "nncf", "onnx") if _has(p)}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = ["| model | calibration | engine | fp32 | default (drop) | --no-guard (drop) | NNCF (drop) | nodes in float "
+             "| default vs fp32 b1 / b8 | default vs --no-guard b1 / b8 | NNCF vs fp32 b1 / b8 |", "|" + "---|" * 11]
+    for r in report["rows"]:
+        for engine, e in r["engines"].items():
+            def cell(k):
+                if k + "_top1" in e:
+                    return f"{e[k + '_top1']:.1f} ({e[k + '_drop']:+.1f})"
+                return "missed target" if k == "default" else ("does not load" if "nncf_error" in e else "-")
+
+            def ratio(k):
+                return f"{e[k + '_b1']:.2f} / {e[k + '_b8']:.2f}" if k + "_b1" in e else "-"
+            same = " (same graph)" if e.get("default_is_noguard") else ""
+            lines.append(f"| {r['model'].removesuffix('-imagenette')} | {r['calibration']} | {engine} | "
+                         f"{e['fp32_top1']:.1f} | {cell('default')} | {cell('noguard')} | {cell('nncf')} | "
+                         f"{e.get('excluded_nodes', '-')} | {ratio('default_speedup')} | {ratio('default_vs_noguard')}{same} | "
+                         f"{ratio('nncf_speedup')} |")
+    return "\n".join(lines)
+
+
+def _has(pkg: str) -> bool:
+    import importlib.metadata as md
+    try:
+        md.version(pkg)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+if __name__ == "__main__":
+    main()

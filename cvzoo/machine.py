@@ -1,0 +1,32 @@
+"""What this CPU can do: the ISA flags that decide which int8 / half-precision kernels are fast (read by build
+and bench, recorded in their reports)."""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def machine_info() -> dict:
+    from .engines import physical_cores
+    cpu, flags = platform.processor(), ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and cpu == platform.processor():
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores_usable": physical_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": " avx_vnni" in flags,
+            # what OpenVINO's fp16/bf16 builds compute with; without them it falls back to f32. f16 is fast only
+            # with AMX-FP16: on AVX512-FP16 alone it ran slower than f32 (docs/benchmarks.md)
+            "avx512_fp16": " avx512_fp16" in flags, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags,
+            "amx_fp16": " amx_fp16" in flags, "amx_int8": " amx_int8" in flags}
+
+
+def has_vnni(m: dict | None = None) -> bool:
+    """An int8 dot product that sums u8 x s8 pairs in 32 bits. Without it (plain AVX2) ONNX Runtime's u8 x s8
+    kernels add pairs of products in 16 bits, which saturate on full-range 8-bit weights."""
+    m = m or machine_info()
+    return bool(m["avx512_vnni"] or m["avx_vnni"] or m["amx_int8"])

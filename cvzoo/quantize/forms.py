@@ -1,0 +1,70 @@
+"""int8 graph forms and the one call that writes them (ONNX Runtime's static quantizer, fed our ranges)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+# ranges cvzoo computes from each image's min/max (stats.py); the others are ONNX Runtime's calibrators, which pool
+# every image's values into one histogram or min/max
+PER_IMAGE_MODES = ("robust", "mean_minmax", "minmax")
+WEIGHTS = ("s8", "s7", "u8")
+
+
+@dataclass(frozen=True)
+class Int8Form:
+    """One way to write an int8 graph; which is fastest, and which is exact enough, depends on the CPU and engine.
+    weights: s8 = symmetric int8; s7 = int8 limited to 7 bits (ONNX Runtime's reduce_range); u8 = asymmetric
+    uint8. Without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of products in 16 bits, which saturate with
+    full-range s8 weights; s7 and u8 (a u8 x u8 kernel) do not."""
+    format: str = "qdq"  # qdq | qoperator
+    weights: str = "s8"
+    # Q/DQ on the outputs of quantized ops too (ONNX Runtime fuses Conv+Q into QLinearConv), or on their inputs
+    # only (as NNCF places them: OpenVINO then fuses a float activation after a conv, e.g. SiLU)
+    outputs: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.format}-{self.weights}{'' if self.outputs else '-inputs_only'}"
+
+
+def quantize(src: Path, dst: Path, form: Int8Form, exclude: Sequence[str], op_types: Sequence[str],
+             per_channel: bool = True, symmetric_activations: bool = False, cache: Optional[Path] = None,
+             reader=None, calibrate_mode: str = "minmax", percentile: float = 99.999) -> None:
+    """`cache` holds ranges (ONNX Runtime's calibration cache: ours for the per-image modes; written by its own
+    calibrator from `reader` on first use for percentile / entropy / distribution)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+              "distribution": CalibrationMethod.Distribution}.get(calibrate_mode, CalibrationMethod.MinMax)
+    if reader is not None:
+        reader.rewind()
+    ops = list(op_types) or ["Conv", "Gemm", "MatMul"]  # [] = ORT's full default list; outputs-off needs names
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's quantizer logs every node at INFO on the root logger
+    try:
+        quantize_static(
+            str(src), str(dst), reader,
+            quant_format=QuantFormat.QDQ if form.format == "qdq" else QuantFormat.QOperator,
+            per_channel=per_channel, reduce_range=form.weights == "s7",
+            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+            weight_type=QuantType.QUInt8 if form.weights == "u8" else QuantType.QInt8,
+            calibrate_method=method, nodes_to_exclude=list(exclude),
+            op_types_to_quantize=list(op_types) or None,
+            extra_options={"CalibPercentile": percentile, "ActivationSymmetric": symmetric_activations,
+                           "WeightSymmetric": form.weights != "u8",
+                           "OpTypesToExcludeOutputQuantization": [] if form.outputs else ops},
+            calibration_cache_path=str(cache) if cache else None,
+        )
+    finally:
+        root.setLevel(level)
+
+
+def candidates(engine: str, fmt: str, weights: Sequence[str], outputs: Optional[bool]) -> list[Int8Form]:
+    """The forms a build times on `engine`: `fmt` and `outputs` pinned, or 'auto' / None for both ways."""
+    family = list(weights)
+    if engine == "openvino":  # OpenVINO reads QDQ only; where the Q/DQ sit matters
+        return [Int8Form("qdq", w, o) for w in family for o in (True, False) if outputs in (None, o)]
+    formats = ["qdq", "qoperator"] if fmt == "auto" and outputs is not False else [fmt if fmt != "auto" else "qdq"]
+    return [Int8Form(f, w, outputs is not False) for f in formats for w in family]

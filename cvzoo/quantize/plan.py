@@ -1,0 +1,282 @@
+"""The int8 search: quantize everything, then recover accuracy cheapest first, and keep the fastest form that meets
+the guard's target on the held-out images.
+
+Order: (1) every Conv/Gemm/MatMul in int8 with robust ranges; (2) recovery steps that keep every node in int8
+(the other range aggregate, Q/DQ on conv inputs only, cross-layer equalization, bias correction, u8 weights), each
+kept only if it lowers the held-out KL; (3) only then the fewest most sensitive nodes in float. Steps run only
+while the target is missed. Every candidate form of the final plan is then checked and timed on the target
+engine, and the fastest that passes is kept."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..buildconfig import BuildConfig
+from ..machine import has_vnni, machine_info
+from ..runners import model_runner, run_logits, time_runners
+from .forms import PER_IMAGE_MODES, Int8Form, candidates, quantize
+from .graph import classifier
+from .guard import Fidelity, measure_fidelity
+from .recovery import bias_correction, equalizable_pairs, equalize
+from .sensitivity import rank_sensitivity
+from .stats import ImageRanges, image_ranges, outlier_note
+
+Say = Callable[[str], None]
+RANKING_IMAGES = 32  # held-out images the node ranking runs on (one small graph per node)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the quantizer is given: a float graph (equalized / bias-corrected or not) and how its ranges are set."""
+    float_model: Path
+    ranges: str
+    weights: tuple[str, ...]  # the weight forms to time: ("s8", "s7") or ("u8",), the first the reference
+    outputs: Optional[bool] = None  # Q/DQ placement: None = the engine's forms, False = on conv inputs only
+    equalized: bool = False
+    bias_corrected: bool = False
+
+    def describe(self) -> dict:
+        return {"ranges": self.ranges, "weights": list(self.weights), "outputs": self.outputs,
+                "equalized": self.equalized, "bias_corrected": self.bias_corrected}
+
+
+@dataclass
+class Attempt:
+    path: Path
+    form: Int8Form
+    fidelity: Fidelity
+
+
+@dataclass
+class Int8Build:
+    path: Path
+    form: Int8Form
+    plan: Plan
+    excluded: list[str]
+    float_head: Optional[str]
+    fidelity: Fidelity
+    before: Fidelity
+    passed: Optional[bool]  # None: guard off, nothing judged
+    steps: list[dict] = field(default_factory=list)
+    trials: list[dict] = field(default_factory=list)
+    form_timings_b1_s: dict = field(default_factory=dict)
+    form_timings_b8_s: dict = field(default_factory=dict)
+    timings_s: dict = field(default_factory=dict)  # fp32 and the chosen form at b1 and b8
+    outliers: list[dict] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> dict:
+        t = self.timings_s
+        return {b: round(t[f"fp32_{b}"] / t[f"int8_{b}"], 3) for b in ("b1", "b8") if f"int8_{b}" in t}
+
+
+def weight_family(pinned: str, target_cpu: str) -> tuple[str, ...]:
+    """auto: s8 and its 7-bit variant, 7-bit first (the reference the recovery steps measure) where the CPU has no
+    VNNI and full-range s8 would saturate; s8 is still timed and checked there, on the kernels that saturate. For
+    another CPU without VNNI (target_cpu no_vnni on a VNNI machine) s8 is not offered: it cannot be checked here."""
+    if pinned != "auto":
+        return (pinned,)
+    if not has_vnni():
+        return ("s7", "s8")
+    return ("s7",) if target_cpu == "no_vnni" else ("s8", "s7")
+
+
+def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequence[Path], held: np.ndarray,
+                  held_labels: Optional[np.ndarray], cfg: BuildConfig, engine: str, say: Say) -> Int8Build:
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..calibration import ArrayReader
+    q, g = cfg.quantize, cfg.guard
+    prepped = work / "fp32-prepped.onnx"
+    quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)  # BN folding, shape inference
+    model = onnx.load(str(prepped))
+    input_name, head = model.graph.input[0].name, classifier(model)
+    keep_float = list(q.exclude) + ([head] if head else [])
+    ref = run_logits(fp32, held)
+    stats: dict[Path, ImageRanges] = {prepped: image_ranges(prepped, calib, q.op_types)}
+    outliers = stats[prepped].outliers(calib_files)
+    if outliers:
+        say(outlier_note(outliers, q.calibrate_mode))
+    reader = ArrayReader(calib, input_name)
+    ids = itertools.count()
+
+    def ranges_cache(plan: Plan) -> Path:
+        cache = work / f"ranges-{plan.float_model.stem}-{plan.ranges}.json"
+        if plan.ranges in PER_IMAGE_MODES and not cache.exists():
+            from .stats import write_ort_cache
+            if plan.float_model not in stats:
+                stats[plan.float_model] = image_ranges(plan.float_model, calib, q.op_types)
+            s = stats[plan.float_model]
+            write_ort_cache(cache, s.tensors, *s.ranges(plan.ranges))
+        return cache  # for ORT's own calibrators: written by quantize() on first use
+
+    def realize(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Attempt:
+        out = work / f"int8-{next(ids)}-{form.label}.onnx"
+        quantize(plan.float_model, out, form, keep_float + list(exclude), q.op_types, q.per_channel,
+                 q.symmetric_activations, ranges_cache(plan), reader, plan.ranges, q.percentile)
+        return Attempt(out, form, measure_fidelity(ref, run_logits(out, held, engine=engine), held_labels))
+
+    def ok(f: Fidelity) -> bool:
+        return f.passes(g.max_top1_drop, g.min_agreement)
+
+    plan = Plan(prepped, q.calibrate_mode, weight_family(q.weights, q.target_cpu), q.quantize_outputs)
+    first = candidates(engine, q.format, plan.weights[:1], plan.outputs)[0]
+    current = realize(plan, first)
+    before = current.fidelity
+    say(f"int8 {first.label}, every {'/'.join(q.op_types) or 'quantizable'} node but the classifier: "
+        f"{before.summary()}")
+    steps: list[dict] = []
+    if g.enabled and not ok(current.fidelity):
+        say(f"guard: target is a drop <= {current.fidelity.tolerance(g.max_top1_drop):.2f}; recovery steps, each kept "
+            "only if it lowers the held-out KL")
+        for step in q.recovery:
+            trial = _step(step, plan, current, work, calib, q, realize)
+            if trial is None:
+                continue
+            new_plan, note = trial
+            form = candidates(engine, q.format, new_plan.weights[:1], new_plan.outputs)[0]
+            attempt = realize(new_plan, form)
+            kept = attempt.fidelity.kl < current.fidelity.kl
+            steps.append({"step": step, "kept": kept, "note": note, "fidelity": attempt.fidelity.as_dict()})
+            say(f"recovery {step} ({note}): {attempt.fidelity.summary()} -> {'kept' if kept else 'dropped'}")
+            if kept:
+                plan, current = new_plan, attempt
+            if ok(current.fidelity):
+                break
+
+    excluded: list[str] = []
+    trials: list[dict] = []
+    if g.enabled and not ok(current.fidelity) and g.max_excluded > 0:
+        current, excluded, trials = _exclusion_search(plan, current, realize, ok, held, q, g, say)
+
+    passed = ok(current.fidelity) if g.enabled else None
+    # the fastest form that passes (each one measured like the first), on the engine the artifact is for
+    shape = (1, *held.shape[1:])
+    attempts = {current.form.label: current}
+    for form in candidates(engine, q.format, plan.weights, plan.outputs):
+        if form.label not in attempts:
+            attempts[form.label] = realize(plan, form, excluded)
+    runners = {"fp32": model_runner(fp32, engine), **{k: model_runner(a.path, engine) for k, a in attempts.items()}}
+    t1 = time_runners(runners, shape)
+    t8 = time_runners(runners, (8, *shape[1:]), rounds=3)
+    # a form fast at b1 can be slow at b8 (ORT's QOperator form): per-image times of both, geometric mean
+    cost = {k: float(np.sqrt(t1[k] * t8[k] / 8)) for k in runners}
+    eligible = [a for a in attempts.values() if not g.enabled or not passed or ok(a.fidelity)]
+    if g.enabled and not passed:  # nothing passes: the most accurate, for the report (and --accept-degraded)
+        chosen = min(eligible, key=lambda a: (a.fidelity.expected_drop, a.fidelity.kl))
+    else:
+        chosen = min(eligible, key=lambda a: cost[a.form.label])
+    for k, a in attempts.items():
+        say(f"int8 form {k}: {1000 * t1[k]:.2f} / {1000 * t8[k]:.2f} ms at b1 / b8 ({engine}), {a.fidelity.summary()}"
+            + ("" if not g.enabled or ok(a.fidelity) else " (misses the target)"))
+    final = {"fp32_b1": t1["fp32"], "int8_b1": t1[chosen.form.label], "fp32_b8": t8["fp32"],
+             "int8_b8": t8[chosen.form.label]}
+    result = Int8Build(chosen.path, chosen.form, plan, excluded, head, chosen.fidelity, before, passed, steps, trials,
+                       {k: round(v, 6) for k, v in t1.items()}, {k: round(v, 6) for k, v in t8.items()},
+                       {k: round(v, 6) for k, v in final.items()}, outliers)
+    say(f"int8 chosen: {chosen.form.label}, {result.speedup['b1']:.2f}x fp32 at b1 and {result.speedup['b8']:.2f}x at "
+        f"b8 ({engine}); {chosen.fidelity.summary()}"
+        + (f"; {len(excluded)} nodes in float: {', '.join(excluded[:6])}{' ...' if len(excluded) > 6 else ''}"
+           if excluded else "; every node quantized but the classifier"))
+    if result.speedup["b1"] < 1.0:
+        why = f"{len(excluded)} nodes kept in float add conversions" if excluded else ""
+        if not has_vnni() or q.target_cpu == "no_vnni":
+            why = "this CPU has no VNNI int8 dot product" + (f"; {why}" if why else "")
+        say(f"note: int8 is slower than fp32 with {engine} here ({why or 'small model'}); the artifact still stores "
+            "8-bit weights" + (" and its QDQ form feeds OpenVINO/TensorRT" if chosen.form.format == "qdq" else ""))
+    return result
+
+
+def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray, q,
+          realize) -> Optional[tuple[Plan, str]]:
+    """The plan with one recovery step applied, and a word on what it did; None where it does not apply."""
+    import onnx
+    if step == "ranges":
+        if plan.ranges not in ("robust", "mean_minmax"):
+            return replace(plan, ranges="robust"), f"robust instead of {plan.ranges}"
+        other = "mean_minmax" if plan.ranges == "robust" else "robust"
+        return replace(plan, ranges=other), f"{other} instead of {plan.ranges}"
+    if step == "placement":
+        if plan.outputs is False or q.quantize_outputs is not None:
+            return None
+        return replace(plan, outputs=False), "Q/DQ on conv inputs only, conv outputs stay float up to the next conv"
+    if step == "equalization":
+        if plan.equalized or not equalizable_pairs(onnx.load(str(plan.float_model))):
+            return None
+        out = work / f"{plan.float_model.stem}-eq.onnx"
+        pairs = equalize(plan.float_model, out)
+        return replace(plan, float_model=out, equalized=True), f"{pairs} conv pairs"
+    if step == "bias_correction":
+        if plan.bias_corrected:
+            return None
+        qdq = current.path if current.form.format == "qdq" else realize(plan, replace(current.form, format="qdq")).path
+        out = work / f"{plan.float_model.stem}-bc.onnx"
+        n = bias_correction(plan.float_model, qdq, calib, out)
+        return replace(plan, float_model=out, bias_corrected=True), f"{n} biases"
+    if step == "weights_u8":
+        if plan.weights == ("u8",) or q.weights != "auto":
+            return None
+        return replace(plan, weights=("u8",)), "asymmetric u8 weights, a u8 x u8 kernel"
+    raise ValueError(f"unknown recovery step {step}")
+
+
+def _exclusion_search(plan: Plan, current: Attempt, realize, ok, held: np.ndarray, q, g,
+                      say: Say) -> tuple[Attempt, list[str], list[dict]]:
+    """The fewest most sensitive nodes in float that meet the target: all of max_excluded first (where even that
+    misses, the search would requantize ~7 times to end at the same place), then doubling and bisection."""
+    qdq = current.path
+    if current.form.format != "qdq":  # the ranking's graph surgery needs the QDQ graph
+        qdq = realize(plan, replace(current.form, format="qdq")).path
+    ranked = [n for n, _ in rank_sensitivity(plan.float_model, qdq, held[:RANKING_IMAGES], q.op_types)]
+    ranked = ranked[: g.max_excluded]
+    say(f"guard: still below target; searching the fewest of the {len(ranked)} most sensitive nodes to keep in float")
+    results: dict[int, Attempt] = {0: current}
+    trials: list[dict] = []
+
+    def try_k(k: int) -> bool:
+        if k not in results:
+            results[k] = realize(plan, current.form, ranked[:k])
+            passed = ok(results[k].fidelity)
+            trials.append({"excluded": k, "passed": passed, "fidelity": results[k].fidelity.as_dict()})
+            say(f"guard: {k:3d} nodes in float -> {results[k].fidelity.summary()}{' ok' if passed else ''}")
+        return ok(results[k].fidelity)
+
+    if not (ranked and try_k(len(ranked))):
+        best = min(results, key=lambda k: (results[k].fidelity.expected_drop, results[k].fidelity.kl))
+        return results[best], ranked[:best], trials
+    lo, hi, k = 0, len(ranked), 1
+    while k < hi:
+        if try_k(k):
+            hi = k
+            break
+        lo, k = k, k * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if try_k(mid):
+            hi = mid
+        else:
+            lo = mid
+    return results[hi], ranked[:hi], trials
+
+
+def manifest_sections(r: Int8Build, cfg: BuildConfig, engine: str) -> dict:
+    """The build's int8 record: what was quantized and how, what the guard measured, what each step did."""
+    q = cfg.quantize
+    return {
+        "quantization": {**q.model_dump(), "form": r.form.label, "format_chosen": r.form.format,
+                         "weights_chosen": r.form.weights, "quantize_outputs_chosen": r.form.outputs,
+                         "measured_with": engine, "plan": r.plan.describe(), "excluded_nodes": r.excluded,
+                         "float_head": r.float_head, "steps": r.steps, "form_timings_b1_s": r.form_timings_b1_s,
+                         "form_timings_b8_s": r.form_timings_b8_s,
+                         "timings_s": r.timings_s, "speedup_vs_fp32": r.speedup, "machine": machine_info()},
+        "guard": {**cfg.guard.model_dump(), "labelled": r.fidelity.labelled, "calibration_outliers": r.outliers,
+                  "tolerance": r.fidelity.tolerance(cfg.guard.max_top1_drop),
+                  "before": r.before.as_dict(), "after": r.fidelity.as_dict(), "trials": r.trials, "passed": r.passed},
+        "fidelity": {"vs_fp32": r.fidelity.as_dict()},
+    }
+

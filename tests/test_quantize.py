@@ -1,0 +1,304 @@
+"""cvzoo.quantize on small synthetic graphs: each step must help where it is built to (real ONNX Runtime quantization
+and sessions, no fixtures needed), the guard's arithmetic, and the search that ties them."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvzoo.quantize.forms import Int8Form, quantize
+from cvzoo.quantize.stats import image_ranges, write_ort_cache
+from cvzoo.runners import run_logits
+
+OPS = ["Conv", "Gemm", "MatMul"]
+
+
+def _save(path, nodes, inits, channels=4, classes=3):
+    import onnx
+    from onnx import helper
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, channels, 8, 8])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, classes])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _conv_chain(path, outlier: float):
+    """x -> conv1 -> conv2 -> conv3 -> pool -> gemm. conv1's channel 0 is `outlier` x larger and conv2 reads it
+    through a weight `outlier` x smaller: the float network does not notice, but conv2's int8 input (one scale
+    per tensor) leaves its other channels a few levels each, so conv2 is the node to keep in float."""
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w = {f"w{i}": rng.standard_normal((4, 4, k, k)).astype(np.float32) / (4 * k) for i, k in ((1, 3), (2, 1), (3, 1))}
+    w["w1"][0] *= outlier
+    w["w2"][:, 0] /= outlier
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    inits += [numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, f"b{i}") for i in (1, 2, 3)]
+    inits += [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "wf"),
+              numpy_helper.from_array(np.zeros(3, np.float32), "bf")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], name="conv2"),
+             helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], name="conv3"),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1)]
+    _save(path, nodes, inits)
+
+
+def _centered(path: Path, x: np.ndarray) -> Path:
+    """The classifier's bias set to minus its mean logit over `x`, so that fp32's top-1 varies between images."""
+    import onnx
+    from onnx import helper, numpy_helper
+    m = onnx.load(str(path))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    probe.graph.output.append(helper.make_empty_tensor_value_info("f"))
+    from cvzoo.runners import ort_session
+    feats = ort_session(probe).run(["f"], {"x": x})[0]
+    inits = {i.name: i for i in m.graph.initializer}
+    wf = numpy_helper.to_array(inits["wf"])
+    inits["bf"].CopyFrom(numpy_helper.from_array((-(feats @ wf.T).mean(0)).astype(np.float32), "bf"))
+    onnx.save(m, str(path))
+    return path
+
+
+def _int8(src: Path, dst: Path, calib: np.ndarray, how: str = "robust", exclude=("fc",), form=Int8Form()) -> Path:
+    s = image_ranges(src, calib, OPS)
+    cache = dst.with_suffix(".ranges.json")
+    write_ort_cache(cache, s.tensors, *s.ranges(how))
+    quantize(src, dst, form, list(exclude), OPS, cache=cache)
+    return dst
+
+
+def _rel_err(ref, got) -> float:
+    return float(np.mean((ref - got) ** 2) / np.mean(ref ** 2))
+
+
+def test_isolated_sensitivity_finds_the_node_whose_int8_input_is_crushed(tmp_path):
+    from cvzoo.quantize.sensitivity import rank_sensitivity
+    x = np.random.default_rng(1).standard_normal((32, 4, 8, 8)).astype(np.float32)
+    ranks = {}
+    for outlier in (1.0, 1000.0):
+        fp32 = tmp_path / f"fp32-{outlier}.onnx"
+        _conv_chain(fp32, outlier)
+        qdq = _int8(fp32, tmp_path / f"qdq-{outlier}.onnx", x[:16], "minmax", exclude=())
+        ranks[outlier] = rank_sensitivity(fp32, qdq, x[16:], ["Conv", "Gemm"])
+    assert {n for n, _ in ranks[1.0]} == {n for n, _ in ranks[1000.0]} == {"conv1", "conv2", "conv3", "fc"}
+    scores, before = dict(ranks[1000.0]), dict(ranks[1.0])
+    assert ranks[1000.0][0][0] == "conv2" and scores["conv2"] > 20 * max(scores["conv1"], scores["conv3"], scores["fc"])
+    assert scores["conv2"] > 1000 * before["conv2"]  # the outlier, not the chain, is what hurts conv2
+    # without the outlier no node stands out (int8 costs each about the same)
+    assert max(before.values()) < 10 * min(before.values())
+
+
+def test_per_image_ranges_and_their_aggregates(tmp_path):
+    """Each image's min/max of every calibrated tensor; robust = 90th percentile over images, so one image with
+    30x activations does not set the range (minmax: it does; mean_minmax: it moves it by its share)."""
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    x = np.random.default_rng(2).standard_normal((20, 4, 8, 8)).astype(np.float32)
+    x[5] *= 30
+    s = image_ranges(tmp_path / "fp32.onnx", x, OPS)
+    assert s.tensors == ["x", "c1", "c2", "c3", "f", "logits"]
+    k = s.tensors.index("x")
+    per_image = x.reshape(20, -1)
+    assert np.allclose(s.mins[:, k], per_image.min(1)) and np.allclose(s.maxs[:, k], per_image.max(1))
+    lo, hi = {}, {}
+    for how in ("robust", "mean_minmax", "minmax"):
+        lo[how], hi[how] = (v[k] for v in s.ranges(how))
+    assert hi["minmax"] == pytest.approx(per_image.max()) and hi["mean_minmax"] == pytest.approx(per_image.max(1).mean())
+    assert hi["robust"] == pytest.approx(np.quantile(per_image.max(1), 0.9))
+    assert hi["robust"] < hi["minmax"] / 10 and hi["robust"] < hi["mean_minmax"]
+    typical = np.delete(per_image, 5, axis=0).max(1)
+    assert typical.min() <= hi["robust"] <= typical.max()
+
+
+def test_calibration_outliers_names_the_image_that_dwarfs_the_others(tmp_path):
+    from cvzoo.quantize.stats import outlier_note
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    x = np.random.default_rng(3).standard_normal((16, 4, 8, 8)).astype(np.float32)
+    files = [tmp_path / f"img{i}.jpg" for i in range(16)]
+    assert image_ranges(tmp_path / "fp32.onnx", x, OPS).outliers(files) == []
+    x[7] *= 30
+    found = image_ranges(tmp_path / "fp32.onnx", x, OPS).outliers(files)
+    assert [f["file"] for f in found] == [str(files[7])] and found[0]["tensors"] >= 4 and found[0]["max_times_median"] > 10
+    note = outlier_note(found, "percentile")
+    assert "img7.jpg" in note and "--calibrate-mode robust" in note
+
+
+def test_classifier_stays_float_so_logits_are_not_rounded(tmp_path):
+    import onnx
+    from cvzoo.quantize.graph import classifier
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    assert classifier(onnx.load(str(tmp_path / "fp32.onnx"))) == "fc"
+    x = np.random.default_rng(4).standard_normal((16, 4, 8, 8)).astype(np.float32)
+    g = onnx.load(str(_int8(tmp_path / "fp32.onnx", tmp_path / "q.onnx", x))).graph
+    producer = {o: n for n in g.node for o in n.output}
+    assert producer["logits"].op_type == "Gemm" and producer["logits"].input[1] == "wf"  # float weights, float out
+    assert {n.name for n in g.node if n.op_type == "Conv"} == {"conv1", "conv2", "conv3"}
+    assert all(n.input[1].endswith("_DequantizeLinear_Output") for n in g.node if n.op_type == "Conv")
+
+
+def test_equalization_keeps_the_float_network_and_rescues_a_crushed_channel(tmp_path):
+    """conv1's channel 0 is 1000x its neighbours (compensated in conv2): one int8 scale for c1 leaves the other
+    channels a level or two. Equalization moves the factor into conv2's weights (per-channel int8)."""
+    from cvzoo.quantize.recovery import equalizable_pairs, equalize
+    import onnx
+    _conv_chain(tmp_path / "fp32.onnx", 1000.0)
+    assert [(a.name, b.name) for a, b in equalizable_pairs(onnx.load(str(tmp_path / "fp32.onnx")))] == \
+        [("conv1", "conv2"), ("conv2", "conv3")]
+    assert equalize(tmp_path / "fp32.onnx", tmp_path / "eq.onnx") == 2
+    x = np.random.default_rng(5).standard_normal((64, 4, 8, 8)).astype(np.float32)
+    ref, eq = run_logits(tmp_path / "fp32.onnx", x[32:]), run_logits(tmp_path / "eq.onnx", x[32:])
+    assert np.abs(ref - eq).max() < 1e-3 * np.abs(ref).max()
+    before = _rel_err(ref, run_logits(_int8(tmp_path / "fp32.onnx", tmp_path / "q0.onnx", x[:32]), x[32:]))
+    after = _rel_err(ref, run_logits(_int8(tmp_path / "eq.onnx", tmp_path / "q1.onnx", x[:32]), x[32:]))
+    assert after < before / 100, (before, after)
+
+
+def _biased_net(path):
+    """x (positive mean) -> conv (1x1, each output: one weight 1.0 and seven of 0.0035, which per-channel int8
+    rounds to 0: every output loses 7 x 0.0035 x mean(x)) -> pool -> gemm. A planted mean shift."""
+    from onnx import helper, numpy_helper
+    w = np.full((4, 8, 1, 1), 0.0035, np.float32)
+    w[np.arange(4), np.arange(4)] = 1.0
+    wf = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+             numpy_helper.from_array(wf, "wf"), numpy_helper.from_array(np.zeros(3, np.float32), "bf")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1)]
+    _save(path, nodes, inits, channels=8)
+
+
+def test_bias_correction_removes_a_planted_mean_shift(tmp_path):
+    from cvzoo.quantize.recovery import bias_correction, bias_shifts
+    _biased_net(tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(7)
+    x = (1.0 + 0.1 * rng.standard_normal((96, 8, 8, 8))).astype(np.float32)
+    q0 = _int8(tmp_path / "fp32.onnx", tmp_path / "q0.onnx", x[:48])
+    shift = bias_shifts(tmp_path / "fp32.onnx", q0, x[:48])["conv"]
+    assert shift == pytest.approx(np.full(4, -7 * 0.0035), rel=0.15)  # the planted loss, found per channel
+    assert bias_correction(tmp_path / "fp32.onnx", q0, x[:48], tmp_path / "bc.onnx") == 1
+    q1 = _int8(tmp_path / "bc.onnx", tmp_path / "q1.onnx", x[:48])
+    ref = run_logits(tmp_path / "fp32.onnx", x[48:])
+    mean_err = [np.abs((run_logits(q, x[48:]) - ref).mean(0)).max() for q in (q0, q1)]
+    assert mean_err[1] < mean_err[0] / 10, mean_err
+
+
+def test_u8_weights_are_written_asymmetric(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    x = np.random.default_rng(8).standard_normal((16, 4, 8, 8)).astype(np.float32)
+    g = onnx.load(str(_int8(tmp_path / "fp32.onnx", tmp_path / "u8.onnx", x, form=Int8Form(weights="u8")))).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    assert inits["w2_quantized"].dtype == np.uint8 and inits["w2_zero_point"].any()
+    ref = run_logits(tmp_path / "fp32.onnx", x)
+    assert _rel_err(ref, run_logits(tmp_path / "u8.onnx", x)) < 0.01
+
+
+@pytest.mark.parametrize("vnni, target, family", [(True, "auto", ("s8", "s7")), (False, "auto", ("s7", "s8")),
+                                                  (True, "no_vnni", ("s7",)), (False, "no_vnni", ("s7", "s8"))])
+def test_weight_forms_follow_the_target_cpu(monkeypatch, vnni, target, family):
+    """Without VNNI the 7-bit form is the reference; full-range s8 is offered only where it runs on the kernels it
+    will be checked on (built on a VNNI machine for one without, it could saturate there unseen)."""
+    from cvzoo.quantize import plan
+    monkeypatch.setattr(plan, "has_vnni", lambda: vnni)
+    assert plan.weight_family("auto", target) == family and plan.weight_family("u8", target) == ("u8",)
+
+
+# ---------------------------------------------------------------- the guard's arithmetic
+def _logits(n=200, seed=9, classes=10, margin=4.0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, classes))
+    z[np.arange(n), rng.integers(0, classes, n)] += margin
+    return z.astype(np.float32)
+
+
+def test_one_flipped_image_does_not_fail_the_guard():
+    from cvzoo.quantize.guard import measure_fidelity
+    ref = _logits()
+    got = ref.copy()
+    i = 17
+    a = ref[i].argmax()
+    got[i, (a + 1) % 10] = ref[i, a] + 1.0  # one confident flip
+    for labels in (None, ref.argmax(1)):
+        f = measure_fidelity(ref, got, labels)
+        assert f.agreement == pytest.approx(0.995) and f.passes(0.3)  # the old 99% agreement rule would have failed
+        assert 0 < f.expected_drop <= 0.5 and f.expected_ci95[0] < f.expected_drop < f.expected_ci95[1]
+    assert f.top1_drop == pytest.approx(0.5) and f.drop_ci95[0] < 0.5 < f.drop_ci95[1]
+    # on a small held-out set one image is worth more than the target: the tolerance is one image
+    small = measure_fidelity(ref[:40], got[:40])
+    assert small.tolerance(1.0) == pytest.approx(2.5) and small.passes(1.0)
+    # many flips do fail
+    many = ref.copy()
+    for j in range(0, 200, 10):
+        many[j, (ref[j].argmax() + 1) % 10] = ref[j].max() + 1.0
+    assert not measure_fidelity(ref, many).passes(1.0)
+
+
+def test_unlabelled_drop_weighs_a_flip_by_what_fp32_was_sure_of():
+    from cvzoo.quantize.guard import measure_fidelity
+    ref = np.zeros((100, 3), np.float32)
+    ref[:, 0] = 0.01  # fp32 cannot tell class 0 from class 1: a flip between them costs ~nothing
+    got = ref.copy()
+    got[:10, 1] = 0.02
+    unsure = measure_fidelity(ref, got)
+    assert unsure.agreement == pytest.approx(0.9) and unsure.expected_drop < 0.05  # 10 flips: 0.03 points, not 10
+    sure = ref.copy()
+    sure[:, 0] = 10.0
+    got = sure.copy()
+    got[:10, 1] = 20.0
+    assert measure_fidelity(sure, got).expected_drop == pytest.approx(10.0, abs=0.01)
+
+
+def test_flips_both_ways_do_not_cancel_out():
+    """With labels, 15 images that int8 gets wrong and 15 that it gets right where fp32 was wrong measure a drop of
+    0: the guard holds the expected drop (30 confident flips) to the target, not the measured one."""
+    from cvzoo.quantize.guard import measure_fidelity
+    ref = _logits()
+    labels = ref.argmax(1)
+    labels[:15] = (labels[:15] + 1) % 10  # fp32 is wrong on these; int8 moves them to the label
+    got = ref.copy()
+    for i in range(30):
+        got[i, (ref[i].argmax() + 1) % 10] = ref[i].max() + 1.0
+    f = measure_fidelity(ref, got, labels)
+    assert f.top1_drop == pytest.approx(0.0) and f.expected_drop > 10 and not f.passes(1.0)
+
+
+# ---------------------------------------------------------------- the search
+def _cfg(tmp_path, **guard):
+    from cvzoo.buildconfig import parse_config
+    return parse_config({"model": "dla34", "dtype": "int8", "calibration": {"path": str(tmp_path)},
+                         "guard": guard})
+
+
+def test_search_recovers_with_equalization_before_excluding_nodes(tmp_path):
+    from cvzoo.quantize import quantize_int8
+    x = np.random.default_rng(10).standard_normal((300, 4, 8, 8)).astype(np.float32)
+    _conv_chain(tmp_path / "fp32.onnx", 1000.0)
+    _centered(tmp_path / "fp32.onnx", x)
+    files = [tmp_path / f"{i}.jpg" for i in range(100)]
+    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)  # held-out labels: fp32 is right on them
+    said = []
+    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], files, x[100:], labels, _cfg(tmp_path, max_top1_drop=2.0),
+                      "onnxruntime", said.append)
+    assert not r.before.passes(2.0) and r.passed and r.excluded == []
+    kept = [s["step"] for s in r.steps if s["kept"]]
+    assert "equalization" in kept and r.plan.equalized
+    assert r.fidelity.kl < r.before.kl / 10
+    assert set(r.form_timings_b1_s) >= {"fp32", "qdq-s8", "qdq-s7", "qoperator-s8", "qoperator-s7"}
+    assert r.form.label in r.form_timings_b1_s and set(r.speedup) == {"b1", "b8"}
+    assert any("recovery equalization" in line and "kept" in line for line in said)
+
+
+def test_search_that_cannot_meet_its_target_says_so(tmp_path):
+    from cvzoo.quantize import quantize_int8
+    x = np.random.default_rng(11).standard_normal((300, 4, 8, 8)).astype(np.float32)
+    _conv_chain(tmp_path / "fp32.onnx", 1000.0)
+    _centered(tmp_path / "fp32.onnx", x)
+    cfg = _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0)
+    cfg.quantize.recovery = []
+    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
+    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}" for i in range(100)], x[100:],
+                      labels, cfg, "onnxruntime", lambda m: None)
+    assert r.passed is False and r.steps == [] and r.excluded == []
+    assert r.fidelity.top1_drop > 0.5
