@@ -264,6 +264,22 @@ def test_flips_both_ways_do_not_cancel_out():
     assert f.top1_drop == pytest.approx(0.0) and f.expected_drop > 10 and not f.passes(1.0)
 
 
+def test_labels_calibrate_an_underconfident_fp32_before_the_expected_drop():
+    """fp32 right on 90% of the images but with small margins (as after label smoothing): its raw probabilities
+    price 20 flips away from the right class at a fraction of their cost; a temperature fitted on the labels
+    sharpens them (T < 1) and the expected drop more than doubles, towards the measured one."""
+    from cvzoo.quantize.guard import measure_fidelity
+    ref = _logits(margin=1.5)
+    labels = ref.argmax(1)
+    labels[180:] = (labels[180:] + 3) % 10  # fp32 is wrong on these
+    got = ref.copy()
+    second = np.argsort(ref, 1)[:, -2]
+    got[np.arange(20), second[:20]] = ref[:20].max(1) + 0.1  # int8 moves 20 images to fp32's runner-up
+    blind, seen = measure_fidelity(ref, got), measure_fidelity(ref, got, labels)
+    assert seen.top1_drop == pytest.approx(10.0) and blind.temperature == 1.0 and seen.temperature < 0.7
+    assert seen.expected_drop > 2 * blind.expected_drop and blind.passes(2.0) and not seen.passes(2.0)
+
+
 # ---------------------------------------------------------------- the search
 def _cfg(tmp_path, **guard):
     from cvzoo.buildconfig import parse_config

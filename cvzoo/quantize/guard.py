@@ -6,8 +6,12 @@ flip away from a sure class costs a whole image. It needs no labels, and it does
 cancel out: with labels, the measured drop (fp32 right and int8 wrong: +1, the reverse: -1) came out 0.0 on 200
 ImageNet photos where 11% of them flipped and int8 lost 6.4 points on the next 500 (docs/quantization.md). So the
 expected drop is what the target is held to, and where labels exist the measured drop must not be significantly
-above it (its 95% interval starting above the target). Recovery steps are judged by the mean KL divergence of the
-softmax, which moves smoothly where top-1 changes by whole images."""
+above it (its 95% interval starting above the target). The expected drop trusts fp32's probabilities: where they are
+underconfident (label smoothing: tf_efficientnet_lite0's mean top-1 probability is 0.74 on photos it gets 91% right)
+it counts a flip at a fraction of its cost, so where the held-out images have labels fp32's logits are first
+calibrated by one temperature fitted to them (lite0: T = 0.68, and the expected drop doubles, closer to the
+measured one). Recovery steps are judged by the mean KL divergence of the softmax, which moves smoothly where
+top-1 changes by whole images."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -16,11 +20,19 @@ from typing import Optional
 import numpy as np
 
 Z95 = 1.96
+TEMPERATURES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 161))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The one temperature that makes softmax(logits / T) best predict the labels (least NLL, on a log grid)."""
+    z, rows = logits.astype(np.float64), np.arange(len(labels))
+    nll = [-np.log(softmax(z / t)[rows, labels] + 1e-12).mean() for t in TEMPERATURES]
+    return float(TEMPERATURES[int(np.argmin(nll))])
 
 
 def _mean_ci(per_image: np.ndarray) -> tuple[float, tuple[float, float]]:
@@ -43,6 +55,7 @@ class Fidelity:
     drop_ci95: Optional[tuple[float, float]] = None
     top1_fp32: Optional[float] = None
     top1: Optional[float] = None
+    temperature: float = 1.0  # fp32's calibration for the expected drop, fitted where there are labels
 
     def tolerance(self, max_top1_drop: float) -> float:
         """The target, but never finer than one image: one flipped photo cannot fail the guard by itself."""
@@ -55,7 +68,8 @@ class Fidelity:
 
     def summary(self) -> str:
         lo, hi = self.expected_ci95
-        text = f"expected top-1 drop {self.expected_drop:+.2f} (95% CI {lo:+.2f}..{hi:+.2f})"
+        text = f"expected top-1 drop {self.expected_drop:+.2f} (95% CI {lo:+.2f}..{hi:+.2f}"
+        text += f", fp32 calibrated T={self.temperature:.2f})" if self.temperature != 1.0 else ")"
         if self.top1_drop is not None:
             text += f", measured {self.top1_drop:+.2f} ({self.drop_ci95[0]:+.2f}..{self.drop_ci95[1]:+.2f})"
         return f"{text} on {self.images} held-out images, agreement {100 * self.agreement:.1f}%, KL {self.kl:.3g}"
@@ -71,12 +85,14 @@ def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarr
     a, b = ref.argmax(1), got.argmax(1)
     p, q = softmax(ref.astype(np.float64)), softmax(got.astype(np.float64))
     rows = np.arange(len(ref))
-    expected, expected_ci = _mean_ci(p[rows, a] - p[rows, b])
+    t = fit_temperature(ref, labels) if labels is not None else 1.0
+    pt = softmax(ref.astype(np.float64) / t)
+    expected, expected_ci = _mean_ci(pt[rows, a] - pt[rows, b])
     kl = float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
     diff = np.abs(ref - got)
     f = Fidelity(images=len(ref), labelled=labels is not None, agreement=float((a == b).mean()),
                  expected_drop=expected, expected_ci95=expected_ci, kl=kl, max_abs_diff=float(diff.max()),
-                 mean_abs_diff=float(diff.mean()))
+                 mean_abs_diff=float(diff.mean()), temperature=t)
     if labels is not None:
         f.top1_drop, f.drop_ci95 = _mean_ci((a == labels).astype(float) - (b == labels).astype(float))
         f.top1_fp32, f.top1 = 100.0 * float((a == labels).mean()), 100.0 * float((b == labels).mean())
