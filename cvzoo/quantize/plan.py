@@ -5,7 +5,8 @@ Order: (1) every Conv/Gemm/MatMul in int8 with robust ranges; (2) recovery steps
 (the other range aggregate, Q/DQ on conv inputs only, cross-layer equalization, bias correction, u8 weights), each
 kept only if it lowers the held-out KL; (3) only then the fewest most sensitive nodes in float. Steps run only
 while the target is missed. Every candidate form of the final plan is then checked and timed on the target
-engine, and the fastest that passes is kept."""
+engine, and the fastest that passes is kept. The steps measure the form the engine is likely to run fastest (on
+OpenVINO, Q/DQ on conv inputs only), so that what they recover is not given back in speed."""
 from __future__ import annotations
 
 import itertools
@@ -202,8 +203,8 @@ def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray
         other = "mean_minmax" if plan.ranges == "robust" else "robust"
         return replace(plan, ranges=other), f"{other} instead of {plan.ranges}"
     if step == "placement":
-        if plan.outputs is False or q.quantize_outputs is not None:
-            return None
+        if plan.outputs is False or q.quantize_outputs is not None or not current.form.outputs:
+            return None  # already there, pinned, or the engine's reference form (OpenVINO's) is inputs-only
         return replace(plan, outputs=False), "Q/DQ on conv inputs only, conv outputs stay float up to the next conv"
     if step == "equalization":
         if plan.equalized or not equalizable_pairs(onnx.load(str(plan.float_model))):
