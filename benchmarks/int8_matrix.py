@@ -151,10 +151,11 @@ def main() -> None:
     ap.add_argument("--target-cpu", default="auto", help="no_vnni: the forms a CPU without VNNI gets (accuracy "
                     "carries over to it, speed does not)")
     ap.add_argument("--out", default="benchmarks/results/int8_matrix.json")
-    ap.add_argument("--table", help="only print the Markdown table of an earlier run's JSON")
+    ap.add_argument("--table", nargs="+", help="only print the Markdown table of earlier runs' JSON (a later file's "
+                    "engines replace an earlier one's for the same model and calibration)")
     args = ap.parse_args()
     if args.table:
-        print(markdown(json.loads(Path(args.table).read_text())))
+        print(markdown(combined([json.loads(Path(f).read_text()) for f in args.table])))
         return
     engines = args.engines.split(",")
     with_nncf = not args.no_nncf
@@ -175,6 +176,16 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(markdown(report))
+
+
+def combined(reports: list[dict]) -> dict:
+    """Rows of several runs (e.g. one engine rerun after a change): later engines replace earlier ones."""
+    rows: dict[tuple, dict] = {}
+    for report in reports:
+        for r in report["rows"]:
+            row = rows.setdefault((r["model"], r["calibration"]), {**r, "engines": {}})
+            row["engines"].update(r["engines"])
+    return {"rows": list(rows.values())}
 
 
 def markdown(report: dict) -> str:
