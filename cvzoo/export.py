@@ -207,7 +207,7 @@ def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: in
     out = default_cache() / "exports" / f"{card.name}-{size}-{digest}"
     if is_artifact(out):
         try:
-            Artifact.load(out).verify()
+            Artifact.load(out, verify_hashes=True)
             return out
         except CvzooError:
             pass

@@ -66,6 +66,3 @@ def time_rounds(runners: dict[str, Runner], shape: tuple[int, ...], rounds: int 
             per_run[k].append((time.perf_counter() - t0) / n)
     return per_run
 
-
-def time_models(paths: dict[str, Path], shape: tuple[int, ...], engine: str = "onnxruntime", **kw) -> dict[str, float]:
-    return time_runners({k: model_runner(p, engine) for k, p in paths.items()}, shape, **kw)

@@ -9,7 +9,6 @@ from typing import Optional, Sequence
 # ranges cvzoo computes from each image's min/max (stats.py); the others are ONNX Runtime's calibrators, which pool
 # every image's values into one histogram or min/max
 PER_IMAGE_MODES = ("robust", "mean_minmax", "minmax")
-WEIGHTS = ("s8", "s7", "u8")
 
 
 @dataclass(frozen=True)

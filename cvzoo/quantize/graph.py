@@ -25,9 +25,3 @@ def classifier(model) -> str | None:
             return None
         tensor = node.input[0]
     return None
-
-
-def inferred(model):
-    """The model with value_info for every tensor (what the statistics pass needs to know a tensor is float)."""
-    import onnx
-    return onnx.shape_inference.infer_shapes(model)

@@ -81,11 +81,13 @@ class Fidelity:
         return d
 
 
-def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarray] = None) -> Fidelity:
+def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarray] = None,
+                     temperature: Optional[float] = None) -> Fidelity:
+    """`temperature`: fp32's, where the caller has fitted it already (it depends on `ref` and `labels` only)."""
     a, b = ref.argmax(1), got.argmax(1)
     p, q = softmax(ref.astype(np.float64)), softmax(got.astype(np.float64))
     rows = np.arange(len(ref))
-    t = fit_temperature(ref, labels) if labels is not None else 1.0
+    t = temperature or (fit_temperature(ref, labels) if labels is not None else 1.0)
     pt = softmax(ref.astype(np.float64) / t)
     expected, expected_ci = _mean_ci(pt[rows, a] - pt[rows, b])
     kl = float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))

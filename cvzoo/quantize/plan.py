@@ -21,7 +21,7 @@ from ..machine import has_vnni, machine_info
 from ..runners import model_runner, run_logits, time_runners
 from .forms import PER_IMAGE_MODES, Int8Form, candidates, quantize
 from .graph import classifier
-from .guard import Fidelity, measure_fidelity
+from .guard import Fidelity, fit_temperature, measure_fidelity
 from .recovery import bias_correction, equalizable_pairs, equalize
 from .sensitivity import rank_sensitivity
 from .stats import ImageRanges, image_ranges, outlier_note
@@ -99,6 +99,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     input_name, head = model.graph.input[0].name, classifier(model)
     keep_float = list(q.exclude) + ([head] if head else [])
     ref = run_logits(fp32, held)
+    temperature = fit_temperature(ref, held_labels) if held_labels is not None else 1.0
     stats: dict[Path, ImageRanges] = {prepped: image_ranges(prepped, calib, q.op_types)}
     outliers = stats[prepped].outliers(calib_files)
     if outliers:
@@ -116,11 +117,19 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
             write_ort_cache(cache, s.tensors, *s.ranges(plan.ranges))
         return cache  # for ORT's own calibrators: written by quantize() on first use
 
-    def realize(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Attempt:
+    def write(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Path:
         out = work / f"int8-{next(ids)}-{form.label}.onnx"
         quantize(plan.float_model, out, form, keep_float + list(exclude), q.op_types, q.per_channel,
                  q.symmetric_activations, ranges_cache(plan), reader, plan.ranges, q.percentile)
-        return Attempt(out, form, measure_fidelity(ref, run_logits(out, held, engine=engine), held_labels))
+        return out
+
+    def qdq_graph(plan: Plan, current: Attempt) -> Path:
+        """The current attempt as a QDQ graph (bias correction and the node ranking read its Q/DQ pairs)."""
+        return current.path if current.form.format == "qdq" else write(plan, replace(current.form, format="qdq"))
+
+    def realize(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Attempt:
+        out = write(plan, form, exclude)
+        return Attempt(out, form, measure_fidelity(ref, run_logits(out, held, engine=engine), held_labels, temperature))
 
     def ok(f: Fidelity) -> bool:
         return f.passes(g.max_top1_drop, g.min_agreement)
@@ -136,7 +145,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
         say(f"guard: target is a drop <= {current.fidelity.tolerance(g.max_top1_drop):.2f}; recovery steps, each kept "
             "only if it lowers the held-out KL")
         for step in q.recovery:
-            trial = _step(step, plan, current, work, calib, q, realize)
+            trial = _step(step, plan, current, work, calib, q, qdq_graph)
             if trial is None:
                 continue
             new_plan, note = trial
@@ -153,7 +162,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     excluded: list[str] = []
     trials: list[dict] = []
     if g.enabled and not ok(current.fidelity) and g.max_excluded > 0:
-        current, excluded, trials = _exclusion_search(plan, current, realize, ok, held, q, g, say)
+        current, excluded, trials = _exclusion_search(plan, current, realize, qdq_graph, ok, held, q, g, say)
 
     passed = ok(current.fidelity) if g.enabled else None
     # the fastest form that passes (each one measured like the first), on the engine the artifact is for
@@ -194,7 +203,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
 
 
 def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray, q,
-          realize) -> Optional[tuple[Plan, str]]:
+          qdq_graph) -> Optional[tuple[Plan, str]]:
     """The plan with one recovery step applied, and a word on what it did; None where it does not apply."""
     import onnx
     if step == "ranges":
@@ -215,7 +224,7 @@ def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray
     if step == "bias_correction":
         if plan.bias_corrected:
             return None
-        qdq = current.path if current.form.format == "qdq" else realize(plan, replace(current.form, format="qdq")).path
+        qdq = qdq_graph(plan, current)
         out = work / f"{plan.float_model.stem}-bc.onnx"
         n = bias_correction(plan.float_model, qdq, calib, out)
         return replace(plan, float_model=out, bias_corrected=True), f"{n} biases"
@@ -226,13 +235,11 @@ def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray
     raise ValueError(f"unknown recovery step {step}")
 
 
-def _exclusion_search(plan: Plan, current: Attempt, realize, ok, held: np.ndarray, q, g,
+def _exclusion_search(plan: Plan, current: Attempt, realize, qdq_graph, ok, held: np.ndarray, q, g,
                       say: Say) -> tuple[Attempt, list[str], list[dict]]:
     """The fewest most sensitive nodes in float that meet the target: all of max_excluded first (where even that
     misses, the search would requantize ~7 times to end at the same place), then doubling and bisection."""
-    qdq = current.path
-    if current.form.format != "qdq":  # the ranking's graph surgery needs the QDQ graph
-        qdq = realize(plan, replace(current.form, format="qdq")).path
+    qdq = qdq_graph(plan, current)  # the ranking's graph surgery needs the QDQ graph
     ranked = [n for n, _ in rank_sensitivity(plan.float_model, qdq, held[:RANKING_IMAGES], q.op_types)]
     ranked = ranked[: g.max_excluded]
     say(f"guard: still below target; searching the fewest of the {len(ranked)} most sensitive nodes to keep in float")

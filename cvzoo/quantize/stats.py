@@ -9,16 +9,14 @@ from typing import Sequence
 
 import numpy as np
 
-from .graph import inferred
-
 ROBUST_QUANTILE = 0.9  # robust ranges: the 90th percentile over images of each image's max (10th of its min)
 OUTLIER_RATIO = 4.0  # an image whose activations reach this many times the median image's is named
 
 
 def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
     """Float inputs and outputs of the nodes to quantize, weights excluded (ONNX Runtime's own selection rule)."""
-    from onnx import TensorProto
-    model = inferred(model)
+    from onnx import TensorProto, shape_inference
+    model = shape_inference.infer_shapes(model)  # value_info for every tensor: which ones are float
     floats = {v.name for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
               if v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
     weights = {i.name for i in model.graph.initializer}
