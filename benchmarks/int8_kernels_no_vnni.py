@@ -28,6 +28,7 @@ from cvzoo.card import get_card
 from cvzoo.checkpoint import resolve_default_weights
 from cvzoo.export import cached_export
 from cvzoo.machine import machine_info
+from cvzoo.postprocess import write_text_atomic
 from cvzoo.quantize.forms import Int8Form, quantize
 from cvzoo.quantize.graph import classifier
 from cvzoo.quantize.stats import image_ranges, write_ort_cache
@@ -89,8 +90,7 @@ def main() -> None:
                 print(weights, where, rows[f"{weights}/{where}"], flush=True)
     report = {"model": args.model, "images": len(x), "machine": machine_info(), "emulated_cpu": args.cpu,
               "forms": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_text_atomic(Path(args.out), json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,12 @@ from cvzoo.artifact import Artifact
 from cvzoo.build import build
 from cvzoo.buildconfig import parse_config
 from cvzoo.calibration import load_arrays
+from cvzoo.card import get_card
+from cvzoo.datasets import load_samples
 from cvzoo.engines import installed_cpu_engines, load_engine
 from cvzoo.errors import TargetMissed
 from cvzoo.machine import machine_info
+from cvzoo.postprocess import write_text_atomic
 from cvzoo.runners import in_batches, model_runner, time_rounds
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,16 +39,9 @@ FIXTURES = ["dla34-imagenette", "cspresnet50-imagenette", "ese_vovnet19b_dw-imag
 TARGET = {"efficientnetv2_rw_t-imagenette": 1.0, "tf_efficientnet_lite0": 0.5}  # others: 0.3
 
 
-def imagenette_files() -> list[tuple[Path, int]]:
-    root = SHARED / "imagenette-val"
-    synsets = sorted(p.name for p in root.iterdir() if p.is_dir())
-    return [(f, i) for i, s in enumerate(synsets) for f in sorted((root / s).glob("*.JPEG"))]
-
-
-def imagenet_files() -> list[tuple[Path, int]]:
-    files = sorted((SHARED / "imagenet-sample").glob("*.JPEG"))
-    synsets = sorted({f.name.split("_")[0] for f in files})
-    return [(f, synsets.index(f.name.split("_")[0])) for f in files]
+def labelled(folder: str, model: str) -> list[tuple[Path, int]]:
+    """(file, class index in the model's classes): eval's own reading of a labelled folder."""
+    return [(s.path, s.label) for s in load_samples(SHARED / folder, get_card(model).synsets)]
 
 
 def nncf_quantize(fp32: Path, calib: np.ndarray, out: Path) -> tuple[Path, float]:
@@ -166,15 +162,16 @@ def main() -> None:
         ws = Path(tmp)
         for name in [m for m in args.models.split(",") if m]:
             for calib in args.calib.split(","):
-                rows.append(one(name, SHARED / calib, imagenette_files(), engines, ws, with_nncf, args.target_cpu))
+                rows.append(one(name, SHARED / calib, labelled("imagenette-val", name), engines, ws, with_nncf,
+                                args.target_cpu))
         if args.lite0:
-            rows.append(one("tf_efficientnet_lite0", SHARED / "imagenet-sample", imagenet_files(), engines, ws,
+            rows.append(one("tf_efficientnet_lite0", SHARED / "imagenet-sample",
+                            labelled("imagenet-sample", "tf_efficientnet_lite0"), engines, ws,
                             with_nncf, args.target_cpu))
     import importlib.metadata as md
     report = {"machine": machine_info(), "target_cpu": args.target_cpu, "date": time.strftime("%Y-%m-%d"), "rows": rows,
               "versions": {p: md.version(p) for p in ("onnxruntime", "openvino", "nncf", "onnx") if _has(p)}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_text_atomic(Path(args.out), json.dumps(report, indent=2))
     print(markdown(report))
 
 

@@ -106,18 +106,21 @@ def lite0_weights():
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory):
-    """Export on first use, once per session: name -> artifact dir (default weights where the card has them)."""
-    from cvzoo.export import export
-    root = tmp_path_factory.mktemp("artifacts")
+def artifacts(export_cache):
+    """Export on first use, once per session: name -> artifact dir (default weights where the card has them). The
+    session's export cache, which builds start from too: one export and verification per model."""
+    from cvzoo.card import get_card
+    from cvzoo.checkpoint import find_default_weights
+    from cvzoo.export import cached_export
     made = {}
 
     def get(name, weights="default"):
         if name not in made:
-            from cvzoo.card import get_card
-            from cvzoo.checkpoint import find_default_weights
-            if weights == "default" and find_default_weights(get_card(name)) is None:
-                pytest.skip(f"{name}: its weights file is not here (../shared is only on developer/CI machines)")
-            made[name] = export(name, weights=weights, out=root / name)
+            card = get_card(name)
+            if weights == "default":
+                weights = find_default_weights(card)
+                if weights is None:
+                    pytest.skip(f"{name}: its weights file is not here (../shared is only on developer/CI machines)")
+            made[name] = cached_export(card, Path(weights) if weights else None, card.input_size)
         return made[name]
     return get
