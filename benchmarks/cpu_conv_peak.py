@@ -20,7 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cvzoo.machine import machine_info
-from cvzoo.engines import installed_cpu_engines, physical_cores
+from cvzoo.engines import installed_cpu_engines
+from cvzoo.machine import physical_cores
 
 SHAPES = [(64, 112), (128, 56), (256, 28), (512, 14), (512, 7)]  # (channels, height = width)
 K, BATCH = 3, 8

@@ -24,7 +24,8 @@ from cvzoo.machine import machine_info
 from cvzoo.artifact import Artifact
 from cvzoo.build import build
 from cvzoo.buildconfig import parse_config
-from cvzoo.engines import installed_cpu_engines, physical_cores
+from cvzoo.engines import installed_cpu_engines
+from cvzoo.machine import physical_cores
 from cvzoo.profile import profile_model
 
 SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "cspresnet50", "efficientnetv2_rw_t"]
@@ -45,8 +46,8 @@ def main() -> None:
             int8 = build(parse_config({"model": name, "dtype": "int8", "workspace": ws, "guard": {"enabled": False},
                                        "quantize": {"format": "auto"},
                                        "calibration": {"path": args.calib, "count": 40}}), say=print)
-            forms[name] = Artifact.load(int8).manifest["build"]["quantization"]["form_timings_b1_s"]
-            forms[name]["chosen"] = Artifact.load(int8).manifest["build"]["quantization"]["form"]
+            q = Artifact.load(int8).manifest.build.quantization
+            forms[name] = {**q.form_timings_b1_s, "chosen": q.form}
             # OpenVINO reads QDQ (not ORT's QOperator form): its own int8 artifact, same calibration
             int8_qdq = build(parse_config({"model": name, "dtype": "int8", "workspace": ws, "engine": "openvino",
                                            "name": f"{name}-qdq", "guard": {"enabled": False},

@@ -17,8 +17,8 @@ import numpy as np
 
 from cvzoo.machine import machine_info
 from cvzoo.card import get_card
-from cvzoo.engines import physical_cores
-from cvzoo.predict import decode_stream
+from cvzoo.machine import physical_cores
+from cvzoo.preprocess import decode_stream
 from cvzoo.preprocess import find_images
 
 FORMS = {"float32_nchw": False, "uint8_nhwc": True}  # decode_stream's `pixels`

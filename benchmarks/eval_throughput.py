@@ -17,7 +17,7 @@ from cvzoo.build import build
 from cvzoo.buildconfig import parse_config
 from cvzoo.datasets import load_samples
 from cvzoo.evaluate import evaluate
-from cvzoo.predict import decode_stream
+from cvzoo.preprocess import decode_stream
 
 
 def main() -> None:

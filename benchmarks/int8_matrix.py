@@ -32,7 +32,7 @@ from cvzoo.engines import installed_cpu_engines, load_engine
 from cvzoo.errors import TargetMissed
 from cvzoo.machine import machine_info
 from cvzoo.postprocess import write_text_atomic
-from cvzoo.runners import in_batches, model_runner, time_rounds
+from cvzoo.runners import in_batches, int8_layers, model_runner, time_rounds
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = ["dla34-imagenette", "cspresnet50-imagenette", "ese_vovnet19b_dw-imagenette", "efficientnetv2_rw_t-imagenette"]
@@ -65,15 +65,33 @@ def runner(path_or_art, engine: str):
     return model_runner(Path(path_or_art), engine)
 
 
+def card_size(name: str) -> int:
+    """The input size of the published card a fixture's architecture comes from (dla34 -> 224, ...)."""
+    return get_card(get_card(name).arch).preprocessing.input_size
+
+
+def torch_eager(name: str):
+    """PyTorch eager fp32 on the CPU (all cores), the bar of the cards' deploy tables."""
+    import torch
+    from cvzoo.models import create_model
+    model = create_model(name, weights="default")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+    return run
+
+
 def one(name: str, calib_dir: Path, eval_files: list[tuple[Path, int]], engines: list[str], ws: Path,
-        with_nncf: bool, target_cpu: str = "auto") -> dict:
+        with_nncf: bool, target_cpu: str = "auto", size: int | None = None) -> dict:
     tag = calib_dir.name
-    row: dict = {"model": name, "calibration": tag, "target_drop": TARGET.get(name, 0.3), "engines": {}}
+    sized = {"input_size": size} if size else {}
+    row: dict = {"model": name, "calibration": tag, "target_drop": TARGET.get(name, 0.3), "engines": {}, **sized}
     fp32 = Artifact.load(build(parse_config({"model": name, "weights": "default", "workspace": str(ws),
-                                             "name": f"{name}-fp32"}), force=True, say=lambda m: None))
+                                             "name": f"{name}-fp32", **sized}), force=True, say=lambda m: None))
     for engine in engines:
         cfg = {"model": name, "weights": "default", "dtype": "int8", "engine": engine, "workspace": str(ws),
-               "calibration": {"path": str(calib_dir)}, "quantize": {"target_cpu": target_cpu}}
+               "calibration": {"path": str(calib_dir)}, "quantize": {"target_cpu": target_cpu}, **sized}
         t0 = time.perf_counter()
         log: list[str] = []
         try:
@@ -88,8 +106,8 @@ def one(name: str, calib_dir: Path, eval_files: list[tuple[Path, int]], engines:
                                                 "guard": {"enabled": False}}), force=True, say=lambda m: None))
         nog_seconds = time.perf_counter() - t0
         ref = default or nog
-        m = ref.manifest["build"]
-        used = {f["path"] for f in m["calibration"]["files"]} | set(m["guard"]["held_out"])
+        m = ref.manifest.build
+        used = {f.path for f in m.calibration.files} | set(m.guard.held_out)
         rest = [(f, y) for f, y in eval_files if str(f) not in used]
         arrays = load_arrays([f for f, _ in rest], fp32.preprocessing)[0]
         labels = np.array([y for _, y in rest])
@@ -99,7 +117,7 @@ def one(name: str, calib_dir: Path, eval_files: list[tuple[Path, int]], engines:
         e: dict = {"eval_images": len(rest), "build_seconds": round(seconds, 1), "noguard_build_seconds": round(nog_seconds, 1),
                    "default_missed_target": missed}
         if with_nncf:
-            calib = load_arrays([Path(f["path"]) for f in m["calibration"]["files"]], fp32.preprocessing)[0]
+            calib = load_arrays([Path(f.path) for f in m.calibration.files], fp32.preprocessing)[0]
             p, secs = nncf_quantize(fp32.model_path, calib, ws / f"{name}-{tag}-nncf.onnx")
             e["nncf_seconds"] = round(secs, 1)
             try:
@@ -108,10 +126,16 @@ def one(name: str, calib_dir: Path, eval_files: list[tuple[Path, int]], engines:
             except Exception as err:  # an engine that cannot load NNCF's graph: reported, not fatal
                 runs.pop("nncf", None)
                 e["nncf_error"] = str(err).splitlines()[0][:300]
+        paths = {"noguard": nog.model_path, **({"default": default.model_path} if default else {}),
+                 **({"nncf": p} if "nncf" in runs else {})}
+        for k, path in paths.items():  # what the engine computes in int8, read from its compiled graph
+            e[f"{k}_int8_layers"] = list(int8_layers(path, engine))
         for k, run in runs.items():
             e[f"{k}_top1"] = top1(run, arrays, labels)
             if k != "fp32":
                 e[f"{k}_drop"] = round(e["fp32_top1"] - e[f"{k}_top1"], 2)
+        if size:  # at the cards' sizes the speed is also held against torch eager fp32 (timed, not evaluated)
+            runs["torch"] = torch_eager(name)
         shape = (1, 3, fp32.preprocessing.input_size, fp32.preprocessing.input_size)
         for b in (1, 8):
             t = time_rounds(runs, (b, *shape[1:]), rounds=15, seconds=0.2)
@@ -119,18 +143,20 @@ def one(name: str, calib_dir: Path, eval_files: list[tuple[Path, int]], engines:
             # ratios round by round (the runners take turns within a round), then their median
             ratio = lambda a, c: round(float(np.median(np.array(t[a]) / np.array(t[c]))), 3)
             for k in runs:
-                if k != "fp32":
+                if k not in ("fp32", "torch"):
                     e[f"{k}_speedup_b{b}"] = ratio("fp32", k)
+                    if "torch" in t:
+                        e[f"{k}_vs_torch_b{b}"] = ratio("torch", k)
             if "default" in t:
                 e[f"default_vs_noguard_b{b}"] = ratio("noguard", "default")
         if default:
             e["default_is_noguard"] = default.model_path.read_bytes() == nog.model_path.read_bytes()
         if default:
-            q = default.manifest["build"]["quantization"]
-            e.update({"form": q["form"], "plan": q["plan"], "excluded_nodes": len(q["excluded_nodes"]),
-                      "steps": [(s["step"], s["kept"]) for s in q["steps"]],
-                      "guard_after": default.manifest["build"]["guard"]["after"]})
-        e["noguard_form"] = nog.manifest["build"]["quantization"]["form"]
+            q = default.manifest.build.quantization
+            e.update({"form": q.form, "plan": q.plan, "excluded_nodes": len(q.excluded_nodes),
+                      "steps": [(s["step"], s["kept"]) for s in q.steps],
+                      "guard_after": default.manifest.build.guard.after.model_dump()})
+        e["noguard_form"] = nog.manifest.build.quantization.form
         row["engines"][engine] = e
         print(json.dumps({"model": name, "calibration": tag, "engine": engine,
                           **{k: v for k, v in e.items() if k != "guard_after"}}), flush=True)
@@ -146,6 +172,8 @@ def main() -> None:
     ap.add_argument("--lite0", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--target-cpu", default="auto", help="no_vnni: the forms a CPU without VNNI gets (accuracy "
                     "carries over to it, speed does not)")
+    ap.add_argument("--card-size", action="store_true", help="build at the input size of the published card of each "
+                    "fixture's architecture (224/256/288) and time PyTorch eager fp32 beside the engines")
     ap.add_argument("--out", default="benchmarks/results/int8_matrix.json")
     ap.add_argument("--table", nargs="+", help="only print the Markdown table of earlier runs' JSON (a later file's "
                     "engines replace an earlier one's for the same model and calibration)")
@@ -163,7 +191,7 @@ def main() -> None:
         for name in [m for m in args.models.split(",") if m]:
             for calib in args.calib.split(","):
                 rows.append(one(name, SHARED / calib, labelled("imagenette-val", name), engines, ws, with_nncf,
-                                args.target_cpu))
+                                args.target_cpu, card_size(name) if args.card_size else None))
         if args.lite0:
             rows.append(one("tf_efficientnet_lite0", SHARED / "imagenet-sample",
                             labelled("imagenet-sample", "tf_efficientnet_lite0"), engines, ws,
@@ -186,7 +214,8 @@ def combined(reports: list[dict]) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | calibration | engine | fp32 | default (drop) | --no-guard (drop) | NNCF (drop) | nodes in float "
+    lines = ["| model | calibration | engine | fp32 | default (drop) | --no-guard (drop) | NNCF (drop) | int8 layers "
+             "(default / no-guard / NNCF) "
              "| default vs fp32 b1 / b8 | default vs --no-guard b1 / b8 | NNCF vs fp32 b1 / b8 |", "|" + "---|" * 11]
     for r in report["rows"]:
         for engine, e in r["engines"].items():
@@ -198,10 +227,25 @@ def markdown(report: dict) -> str:
             def ratio(k):
                 return f"{e[k + '_b1']:.2f} / {e[k + '_b8']:.2f}" if k + "_b1" in e else "-"
             same = " (same graph)" if e.get("default_is_noguard") else ""
+
+            def layers():  # as the engine compiled each graph; older runs recorded only the nodes the build excluded
+                if "noguard_int8_layers" not in e:
+                    return f"{e.get('excluded_nodes', '-')} excluded"
+                return " / ".join(f"{e[k + '_int8_layers'][0]}/{e[k + '_int8_layers'][1]}"
+                                  if k + "_int8_layers" in e else "-" for k in ("default", "noguard", "nncf"))
             lines.append(f"| {r['model'].removesuffix('-imagenette')} | {r['calibration']} | {engine} | "
                          f"{e['fp32_top1']:.1f} | {cell('default')} | {cell('noguard')} | {cell('nncf')} | "
-                         f"{e.get('excluded_nodes', '-')} | {ratio('default_speedup')} | {ratio('default_vs_noguard')}{same} | "
+                         f"{layers()} | {ratio('default_speedup')} | {ratio('default_vs_noguard')}{same} | "
                          f"{ratio('nncf_speedup')} |")
+    sized = [r for r in report["rows"] if r.get("input_size")]
+    if sized:
+        lines += ["", "| model | size | calibration | engine | default vs torch eager fp32 b1 / b8 | --no-guard vs torch "
+                  "eager b1 / b8 |", "|" + "---|" * 6]
+        for r in sized:
+            for engine, e in r["engines"].items():
+                pair = lambda k: f"{e[k + '_b1']:.2f} / {e[k + '_b8']:.2f}" if k + "_b1" in e else "-"
+                lines.append(f"| {r['model'].removesuffix('-imagenette')} | {r['input_size']} | {r['calibration']} | "
+                             f"{engine} | {pair('default_vs_torch')} | {pair('noguard_vs_torch')} |")
     return "\n".join(lines)
 
 

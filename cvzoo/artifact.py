@@ -14,11 +14,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Optional
 
+from pydantic import ValidationError
+
 from .card import Preprocessing
 from .errors import CvzooError
+from .manifest import FORMAT_VERSION, Manifest
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 
 
 def default_cache() -> Path:
@@ -67,37 +69,48 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_manifest(folder: Path, manifest: dict) -> dict:
-    """Add file hashes and write manifest.json (the last file written: its presence means complete)."""
-    manifest = dict(manifest)
-    manifest["format_version"] = FORMAT_VERSION
-    manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-                         for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+def write_manifest(folder: Path, sections: dict) -> Manifest:
+    """Validate `sections` as a Manifest, add the file hashes and write manifest.json (the last file written: its
+    presence means complete)."""
+    files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = Manifest.model_validate({**sections, "format_version": FORMAT_VERSION, "files": files,
+                                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     with open(folder / MANIFEST, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write(manifest.to_json())
         f.flush()
         os.fsync(f.fileno())
     return manifest
 
 
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(x) for x in first["loc"]) or "manifest"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
 class Artifact:
     """A loaded artifact directory: everything needed to run it, from manifest.json alone."""
 
-    def __init__(self, folder: Path, manifest: dict):
+    def __init__(self, folder: Path, manifest: Manifest):
         self.folder = Path(folder)
         self.manifest = manifest
 
     @classmethod
-    def load(cls, folder: Path, verify_hashes: bool = False) -> "Artifact":
+    def load(cls, folder: Path, verify_hashes: bool = True) -> "Artifact":
+        """Read manifest.json and check every file it lists against its sha256 (a copy gone wrong is refused, not
+        run); verify_hashes=False is for who checked already (a bench worker whose parent did) or asked --no-verify."""
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
             raise CvzooError(f"{folder}: not a cvzoo artifact (no {MANIFEST})")
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CvzooError(f"{path}: unreadable manifest ({e})") from None
+        except ValidationError as e:
+            raise CvzooError(f"{path}: not a valid manifest: {_one_line(e)}") from None
         art = cls(folder, manifest)
         if verify_hashes:
             art.verify()
@@ -107,54 +120,62 @@ class Artifact:
         return art
 
     def verify(self) -> None:
-        for name, info in self.manifest.get("files", {}).items():
+        files = self.manifest.files
+        model_file = self.manifest.model_file
+        if model_file not in files:
+            raise CvzooError(f"{self.folder / MANIFEST}: lists no sha256 for {model_file}; cannot verify the artifact "
+                             "(rebuild it, or pass --no-verify)")
+        for name, info in files.items():
             p = self.folder / name
             if not p.is_file():
-                raise CvzooError(f"{p}: listed in the manifest but missing")
-            if sha256(p) != info["sha256"]:
-                raise CvzooError(f"{p}: sha256 differs from the manifest (modified or corrupt)")
+                raise CvzooError(f"{p}: listed in the manifest but missing (rebuild the artifact)")
+            if sha256(p) != info.sha256:
+                raise CvzooError(f"{p}: sha256 differs from the manifest (modified or corrupt; rebuild it, or pass "
+                                 "--no-verify to run it anyway)")
 
     @property
     def degraded(self) -> Optional[str]:
         """Why the build missed its accuracy target, for an artifact written anyway (--accept-degraded)."""
-        return self.manifest.get("degraded")
+        return self.manifest.degraded
+
+    @property
+    def random_init(self) -> bool:
+        """Exported without a checkpoint: fine for timing, meaningless for predictions."""
+        return self.manifest.weights.random_init is not None
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return self.manifest.name
 
     @property
     def model_path(self) -> Path:
-        return self.folder / self.manifest["model_file"]
+        return self.folder / self.manifest.model_file
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(**self.manifest["preprocessing"])
+        return self.manifest.preprocessing
 
     @property
     def class_names(self) -> list[str]:
-        return [name for _, name in self.manifest["classes"]]
+        return [name for _, name in self.manifest.classes]
 
     @property
     def synsets(self) -> list[str]:
-        return [syn for syn, _ in self.manifest["classes"]]
+        return [syn for syn, _ in self.manifest.classes]
 
     @property
     def precision(self) -> str:
-        return self.manifest.get("precision", "fp32")
+        return self.manifest.precision
 
     @property
     def inference_precision(self) -> Optional[str]:
         """f16 / bf16 when the build chose a compute precision for the engine to apply to an fp32 graph
         (OpenVINO's inference precision); None when the model file's own types are what runs."""
-        return (self.manifest.get("runtime") or {}).get("inference_precision")
+        return self.manifest.runtime.inference_precision
 
     @property
     def input_name(self) -> str:
-        return self.manifest["inputs"][0]["name"]
-
-    def get(self, key: str, default: Optional[object] = None):
-        return self.manifest.get(key, default)
+        return self.manifest.io.inputs[0].name
 
 
 def is_artifact(path: Path) -> bool:

@@ -20,9 +20,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .artifact import Artifact, versions
-from .engines import ENGINES, accepts_uint8, engine_for, load_engine, physical_cores
+from .engines import ENGINES, accepts_uint8, engine_for, load_engine
 from .errors import CvzooError
-from .machine import machine_info
+from .machine import machine_info, physical_cores
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _run_instances(art_dir: str, engine: str, threads: int, batch: int, instance
                    barrier: Optional[threading.Barrier] = None) -> list[Counter]:
     """Run `instances` engine copies in threads; they warm up and measure together. `barrier` spans every
     instance of every process when there are several processes (vamp -p), so they too measure together."""
-    art = Artifact.load(Path(art_dir))
+    art = Artifact.load(Path(art_dir), verify_hashes=False)  # the parent process verified it
     size = art.preprocessing.input_size
     engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
     x, described = synthetic_batch(engines[0], batch, size, seed)
@@ -199,7 +199,8 @@ def bench_images(art: Artifact, engine: str, folder: Path, batch: int, threads: 
     paths, _ = find_images([folder])
     if not paths:
         raise CvzooError(f"{folder}: no images found")
-    p = Predictor(art.folder, engine=engine, threads=threads)
+    # speed only: weights need not be trained, and bench verified the files when it loaded the artifact
+    p = Predictor(art.folder, engine=engine, threads=threads, random_init=True, verify_hashes=False)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < duration:
         for pred in p.predict_paths(paths, batch=batch, workers=workers):
@@ -208,7 +209,7 @@ def bench_images(art: Artifact, engine: str, folder: Path, batch: int, threads: 
             break
     seconds = time.perf_counter() - t0
     decode_t0, m = time.perf_counter(), 0
-    from .predict import decode_stream
+    from .preprocess import decode_stream
     for _ in decode_stream(paths, art.preprocessing, workers, pixels=p.pixels):
         m += 1
     decode_s = time.perf_counter() - decode_t0
@@ -220,11 +221,9 @@ def torch_eager_ips(art: Artifact, batch: int, threads: int, warmup: float, dura
     """The same architecture in PyTorch eager fp32 on CPU, the way timm's benchmark.py runs it."""
     import torch
 
-    from .card import ModelCard
     from .models import build_model
     torch.set_num_threads(threads)
-    card = ModelCard(**art.manifest["card"])
-    model = build_model(card)
+    model = build_model(art.manifest.card)
     size = art.preprocessing.input_size
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32))
     lat = []
@@ -246,10 +245,9 @@ def torch_gpu_baselines(art: Artifact, batch: int, warmup: float, duration: floa
     a GPU exists (not on the CI machine)."""
     import torch
 
-    from .card import ModelCard
     from .models import build_model
     size = art.preprocessing.input_size
-    model = build_model(ModelCard(**art.manifest["card"])).cuda().to(memory_format=torch.channels_last)
+    model = build_model(art.manifest.card).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
     out = {}
     for tag, fn in (("timm_eager_amp_fp16", model), ("torch_compile_fp16", torch.compile(model))):
@@ -270,7 +268,8 @@ def torch_gpu_baselines(art: Artifact, batch: int, warmup: float, duration: floa
 def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequence[int] = (1, 8), instances: int = 1,
           processes: int = 1, threads: Optional[int] = None, warmup: float = 1.0, duration: Optional[float] = 5.0,
           iterations: Optional[int] = None, size: Optional[int] = None, images: Optional[Path] = None,
-          vs_torch: bool = False, seed: int = 0, weights: Optional[str] = None, progress=None) -> dict:
+          vs_torch: bool = False, seed: int = 0, weights: Optional[str] = None, progress=None,
+          verify_hashes: bool = True) -> dict:
     def check(engine: Optional[str]) -> None:
         if engine is not None and engine not in ENGINES:
             raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
@@ -290,12 +289,15 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
     if warmup < 0:
         raise CvzooError(f"--warmup must be >= 0 seconds, got {warmup}")
     from .predict import artifact_for
-    art = Artifact.load(artifact_for(model, weights, size))
+    art = Artifact.load(artifact_for(model, weights, size, random_init=True), verify_hashes=verify_hashes)
+    if art.random_init and progress:
+        progress(f"{art.name}: random init (no checkpoint): the speed is the model's, any predictions are not")
     engine = engine_for(art, engine)
     check(engine)
     cores = physical_cores()
     threads = threads or max(1, cores // (instances * processes))
     report = {"model": art.name, "artifact": str(art.folder), "precision": art.precision, "engine": engine,
+              "random_init": art.random_init,
               "input_size": art.preprocessing.input_size,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
               "versions": versions("cvzoo", "onnxruntime", "openvino", "torch", "numpy"),

@@ -82,16 +82,21 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
             shutil.copyfile(final, dst / "model.onnx")
             shutil.copyfile(fp32_dir / "vdsp_params.json", dst / "vdsp_params.json")
             manifest = base_manifest(card, size, None, "dynamic")
-            manifest.update({"weights": base["weights"],
+            manifest.update({"weights": base.weights.model_dump(exclude_none=True),
                 "model_file": "model.onnx", "engine_format": "onnx", "opset": cfg.opset, "precision": cfg.dtype,
-                "engine": cfg.engine, "export": base["export"], **extra.pop("manifest", {}),
+                "engine": cfg.engine, "export": base.export.model_dump(), **extra.pop("manifest", {}),
                 "build": {"config": json.loads(cfg.model_dump_json()), "seconds": round(time.perf_counter() - t0, 1),
                           **extra},
                 "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxconverter-common",
                                      "openvino"),
             })
-            write_manifest(dst, manifest)
-    say(f"wrote {out}" + (" (marked degraded)" if "degraded" in manifest else ""))
+            if cfg.dtype == "int8":  # the page to look at, hashed with the rest
+                from .manifest import Manifest
+                from .report import build_report
+                (dst / "report.html").write_text(build_report(Manifest.model_validate(manifest)), encoding="utf-8")
+            written = write_manifest(dst, manifest)
+    say(f"wrote {out}" + (" (marked degraded)" if written.degraded else "")
+        + (f"; report: {out / 'report.html'}" if "report.html" in written.files else ""))
     return out
 
 
@@ -100,12 +105,12 @@ def _given_fp32(cfg: BuildConfig, card, size: int) -> tuple[Path, Optional[Path]
     checkpoint where that file is still here (the torch-cuda bf16 build rebuilds the network from it)."""
     folder = Path(cfg.fp32)
     src = Artifact.load(folder, verify_hashes=True)
-    found = (src.precision, src.name, src.preprocessing.input_size, src.get("opset"), src.manifest["inputs"][0]["shape"][0])
+    found = (src.precision, src.name, src.preprocessing.input_size, src.manifest.opset, src.manifest.io.inputs[0].shape[0])
     wanted = ("fp32", card.name, size, cfg.opset, "batch")
     if found != wanted:
         raise CvzooError(f"{folder}: not an fp32 export of {card.name} at {size} px, opset {cfg.opset}, dynamic batch "
                          f"(it is {src.precision} {src.name} at {found[2]} px, opset {found[3]}, batch {found[4]})")
-    recorded = src.manifest["weights"].get("path")
+    recorded = src.manifest.weights.path
     return folder, (Path(recorded) if recorded and Path(recorded).is_file() else None)
 
 
@@ -115,17 +120,16 @@ def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[P
     casts and is not faster). For OpenVINO, the fp32 graph plus the inference precision OpenVINO applies when
     it compiles (the fast path on CPUs with AVX512-FP16 or AMX). For torch-cuda the engine casts the network.
     Fidelity vs fp32 is measured on the calibration images (or the demo photos) with the engine's arithmetic."""
-    from .export import demo_images
+    from .datasets import demo_images
     fp32 = fp32_dir / "model.onnx"
     arrays = load_arrays(files or demo_images(), pre)[0]
     ref = run_logits(fp32, arrays)
     extra: dict = {}
     if cfg.engine == "openvino":
-        from .engines import load_engine
+        from .engines import RuntimeSpec, load_engine
         wanted = {"fp16": "f16", "bf16": "bf16"}[cfg.dtype]
         extra["manifest"] = {"runtime": {"inference_precision": wanted}}
-        probe = Artifact(fp32_dir, {**Artifact.load(fp32_dir).manifest, **extra["manifest"], "engine": "openvino"})
-        engine = load_engine(probe, "openvino")
+        engine = load_engine(RuntimeSpec(fp32, inference_precision=wanted, built_for="openvino"), "openvino")
         got = in_batches(engine.run, arrays)
         extra["inference_precision_at_build"] = engine.inference_precision
         if engine.inference_precision != wanted:

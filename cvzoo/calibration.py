@@ -83,7 +83,7 @@ def split_holdout(files: Sequence[Path], held: int) -> tuple[list[Path], list[Pa
 
 def load_arrays(files: Sequence[Path], pre: Preprocessing) -> tuple[np.ndarray, list[Path], list[str]]:
     """Decode + preprocess (in parallel); returns (N,3,H,W) array, the files used, and error lines."""
-    from .predict import decode_stream
+    from .preprocess import decode_stream
     arrays, used, errors = [], [], []
     for d in decode_stream(list(files), pre):
         if d.error:

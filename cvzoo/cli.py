@@ -1,6 +1,8 @@
 """`cvzoo` command line: a thin layer over the Python API. Heavy imports (torch) stay inside commands."""
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import sys
 from pathlib import Path
@@ -8,14 +10,60 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import CvzooError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="cvzoo: image-classification model zoo and deployment toolchain.")
-console = Console()
+# Off a terminal (a pipe, a file) rich would fit tables to 80 columns and cut names; there, lines are as long as
+# their content.
+console = Console(width=None if sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
+FORMATS = ("table", "plain", "csv", "json")
+
+
+def print_rows(rows: list[dict], title: str, fmt: Optional[str]) -> None:
+    """rows as a rich table on a terminal, else plain aligned columns; or CSV / JSON when asked (`--format`)."""
+    fmt = fmt or ("table" if sys.stdout.isatty() else "plain")
+    if fmt not in FORMATS:
+        raise CvzooError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    columns = list(rows[0]) if rows else []
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif fmt == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    elif fmt == "plain":
+        cells = [columns] + [["-" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+        sys.stdout.write("".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in cells))
+    else:
+        table = Table(title=title)
+        for c in columns:
+            table.add_column(c, justify="right" if rows and isinstance(rows[0][c], (int, float)) else "left")
+        for r in rows:
+            table.add_row(*("-" if r[c] is None else str(r[c]) for c in columns))
+        console.print(table)
+
+
+def _verify_option():
+    return typer.Option(True, "--verify/--no-verify",
+                        help="check the artifact's files against their manifest sha256 before running (default)")
+
+
+def _random_init_option():
+    return typer.Option(False, "--random-init", help="run a model without trained weights anyway (its answers mean "
+                                                      "nothing; for checking a pipeline)")
+
+
+def _verify_note(verify: bool) -> bool:
+    if not verify:
+        err_console.print("[yellow]warning:[/yellow] --no-verify: the artifact's files are not checked against their "
+                          "manifest hashes", highlight=False, soft_wrap=True)
+    return verify
 
 
 def _artifact_or_card(model: str):
@@ -26,20 +74,20 @@ def _artifact_or_card(model: str):
 
 
 @app.command("list")
-def list_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help="vovnet, cspnet, dla, efficientnet")):
+def list_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help="vovnet, cspnet, dla, efficientnet"),
+             fmt: Optional[str] = typer.Option(None, "--format", help="table | plain | csv | json (default: table on a "
+                                                                      "terminal, plain aligned columns otherwise)")):
     """Table of the zoo's models."""
     from .card import families, list_models
     if family is not None and family not in families():
         raise CvzooError(f"unknown family '{family}' (known: {', '.join(families())})")
-    table = Table(title="cvzoo models")
-    for col in ("name", "family", "arch", "input", "classes", "params(M)", "top1", "source"):
-        table.add_column(col, justify="right" if col in ("input", "classes", "params(M)", "top1") else "left")
+    rows = []
     for card in list_models(family):
-        row = card.published[0] if card.published else None
-        table.add_row(card.name, card.family, card.arch, str(card.input_size), str(card.num_classes),
-                      f"{row.params_m:.3f}" if row and row.params_m else "-",
-                      f"{row.top1:.3f}" if row else "-", row.source if row else "-")
-    console.print(table)
+        pub = card.published[0] if card.published else None
+        rows.append({"name": card.name, "family": card.family, "arch": card.arch, "input": card.input_size,
+                     "classes": card.num_classes, "params_m": pub.params_m if pub else None,
+                     "top1": pub.top1 if pub else None, "source": pub.source if pub else None})
+    print_rows(rows, "cvzoo models", fmt)
 
 
 @app.command()
@@ -120,12 +168,15 @@ def export_cmd(name: str,
     path = export(name, weights=weights, out=out, size=size, opset=opset, batch=batch_value,
                   simplify=simplify, force=force, checkpoint_format=checkpoint_format)
     art = Artifact.load(path)
-    v = art.manifest["export"]["verification"]
+    v = art.manifest.export.verification
     console.print(f"exported [bold]{art.name}[/bold] -> {path}/model.onnx  opset {opset}, "
-                  f"simplified={art.manifest['export']['simplified']}")
-    console.print(f"verified: ORT vs PyTorch max |Δlogit| {v['max_abs_diff']:.2e} (random {v['max_abs_diff_random']:.2e}, "
-                  f"real {v['max_abs_diff_real']:.2e}) <= {v['tolerance']:.0e}; top-1 agreement on real photos "
-                  f"{100 * v['top1_agreement_real']:.0f}%")
+                  f"simplified={art.manifest.export.simplified}")
+    console.print(f"verified: ORT vs PyTorch max |Δlogit| {v.max_abs_diff:.2e} (random {v.max_abs_diff_random:.2e}, "
+                  f"real {v.max_abs_diff_real:.2e}) <= {v.tolerance:.0e}; top-1 agreement on real photos "
+                  f"{100 * v.top1_agreement_real:.0f}%")
+    if art.random_init:
+        err_console.print("[yellow]warning:[/yellow] random init (no --weights): the graph and its speed are the "
+                          "model's, its predictions are not", highlight=False, soft_wrap=True)
 
 
 def print_predictions_table(preds, title: str) -> None:
@@ -141,7 +192,7 @@ def print_predictions_table(preds, title: str) -> None:
 
 def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, out: Optional[Path] = None,
                 jsonl: Optional[Path] = None, engine: Optional[str] = None, threads: Optional[int] = None,
-                weights: Optional[str] = None, quiet: bool = False) -> int:
+                weights: Optional[str] = None, quiet: bool = False, verify: bool = True, random_init: bool = False) -> int:
     from .postprocess import result_txt_lines, write_text_atomic
     from .predict import Predictor
     from .preprocess import find_images
@@ -152,7 +203,8 @@ def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, o
         err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
     if not paths:
         raise CvzooError("no images to predict")
-    predictor = Predictor(model, engine=engine, threads=threads, weights=weights)
+    predictor = Predictor(model, engine=engine, threads=threads, weights=weights, verify_hashes=_verify_note(verify),
+                          random_init=random_init)
     good, bad = [], 0
     for pred in predictor.predict_paths(paths, topk=topk, batch=batch):
         if pred.ok:
@@ -188,16 +240,19 @@ def predict(model: str = typer.Argument(..., help="artifact directory or zoo mod
             engine: Optional[str] = _engine_option(),
             threads: Optional[int] = typer.Option(None, "--threads"),
             weights: Optional[str] = typer.Option(None, "--weights", "-w", help="with a model name: checkpoint or 'default'"),
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="no table")):
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="no table"),
+            verify: bool = _verify_option(),
+            random_init: bool = _random_init_option()):
     """Top-k predictions with class names. Exit code 3 when some inputs were skipped."""
-    raise typer.Exit(run_predict(model, images, topk, batch, out, jsonl, engine, threads, weights, quiet))
+    raise typer.Exit(run_predict(model, images, topk, batch, out, jsonl, engine, threads, weights, quiet, verify,
+                                 random_init))
 
 
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o")):
     """The main job on the embedded default: tf_efficientnet_lite0 (PyPI ImageNet weights) -> export ->
     verify -> predict on the photos shipped in the package."""
-    from .export import demo_images
+    from .datasets import demo_images
     name = "tf_efficientnet_lite0"
     art = out / f"{name}-224-fp32"
     console.rule(f"1. export {name} with its PyPI ImageNet weights (verified against PyTorch)")
@@ -241,7 +296,7 @@ def build(target: str = typer.Argument(..., help="CONFIG.yaml, a model name, or 
     is_file = target.endswith((".yaml", ".yml")) or Path(target).is_file()
     if is_artifact(Path(target)):  # an fp32 export: build from it instead of exporting again
         src = Artifact.load(Path(target))
-        data = {"model": src.name, "fp32": target, "input_size": src.preprocessing.input_size, "opset": src.get("opset")}
+        data = {"model": src.name, "fp32": target, "input_size": src.preprocessing.input_size, "opset": src.manifest.opset}
     else:
         data = load_config(Path(target)).model_dump(exclude_unset=True) if is_file else {"model": target}
     flags = {"dtype": dtype, "weights": weights, "input_size": size, "engine": engine, "workspace": workspace,
@@ -275,11 +330,14 @@ def eval_cmd(model: str = typer.Argument(..., help="artifact directory or zoo mo
              threads: Optional[int] = typer.Option(None, "--threads"),
              weights: Optional[str] = typer.Option(None, "--weights", "-w"),
              fresh: bool = typer.Option(False, "--fresh", help="discard earlier results in --out"),
-             quiet: bool = typer.Option(False, "--quiet", "-q")):
+             quiet: bool = typer.Option(False, "--quiet", "-q"),
+             verify: bool = _verify_option(),
+             random_init: bool = _random_init_option()):
     """Top-1/top-5 with per-class accuracy; resumable (rerun the same command after a kill)."""
     from .evaluate import evaluate
     s = evaluate(model, data, out, labels=labels, batch=batch, workers=workers, limit=limit, engine=engine,
-                 threads=threads, weights=weights, fresh=fresh, progress=not quiet)
+                 threads=threads, weights=weights, fresh=fresh, progress=not quiet, verify_hashes=_verify_note(verify),
+                 random_init=random_init)
     c = s["counts"]
     for item in s["skipped"]:
         err_console.print(f"[yellow]skipped:[/yellow] {item['reason']}", highlight=False, soft_wrap=True)
@@ -348,7 +406,8 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
               vs_torch: bool = typer.Option(False, "--vs-torch", help="PyTorch eager in the same run, and the ratio"),
               weights: Optional[str] = typer.Option(None, "--weights", "-w"),
               json_out: Optional[Path] = typer.Option(None, "--json"),
-              csv_out: Optional[Path] = typer.Option(None, "--csv")):
+              csv_out: Optional[Path] = typer.Option(None, "--csv"),
+              verify: bool = _verify_option()):
     """Throughput and latency percentiles (vamp -i/-p/-b style); JSON/CSV reports."""
     import csv
     import io
@@ -362,7 +421,7 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
     duration = None if iterations else (5.0 if seconds is None else seconds)
     report = bench(model, engine=engine, batches=batches, instances=instances, processes=processes, threads=threads,
                    warmup=warmup, duration=duration, iterations=iterations, size=size,
-                   images=images, vs_torch=vs_torch, weights=weights,
+                   images=images, vs_torch=vs_torch, weights=weights, verify_hashes=_verify_note(verify),
                    progress=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
     computes = report["results"][0].get("inference_precision")
     table = Table(title=f"{report['model']} ({report['precision']}, {report['engine']}"
@@ -392,6 +451,26 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
 
 
 @app.command()
+def serve(models: List[str] = typer.Argument(..., help="artifact directories or zoo model names"),
+          host: str = typer.Option("127.0.0.1", "--host", help="the address to bind (loopback by default)"),
+          port: int = typer.Option(8000, "--port"),
+          engine: Optional[str] = _engine_option(),
+          instances: int = typer.Option(1, "--instances", "-i", help="engine instances per model, running batches "
+                                                                      "concurrently"),
+          threads: Optional[int] = typer.Option(None, "--threads", help="per instance (default: cores / instances)"),
+          max_batch: int = typer.Option(8, "--max-batch", help="images per engine batch, at most"),
+          max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="how long a batch waits to fill"),
+          max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="larger request bodies are refused (413)"),
+          random_init: bool = _random_init_option(),
+          verify: bool = _verify_option()):
+    """Serve artifacts over HTTP: KServe v2 (tritonclient works), POST /v1/predict, /metrics, a page at /."""
+    from .serve import serve as run
+    run(models, host=host, port=port, engine=engine, instances=instances, threads=threads, max_batch=max_batch,
+        max_delay_ms=max_delay_ms, max_body_mb=max_body_mb, verify_hashes=_verify_note(verify),
+        random_init=random_init, say=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
+
+
+@app.command()
 def sweep(models: str = typer.Option(..., "--models", help="comma-separated model names"),
           dtypes: str = typer.Option("fp32,int8", "--dtypes", help="fp32, fp16, bf16, int8 (bf16: --engine openvino)"),
           data: Path = typer.Option(..., "--data", help="labelled evaluation data"),
@@ -400,6 +479,7 @@ def sweep(models: str = typer.Option(..., "--models", help="comma-separated mode
           calibrate_mode: Optional[str] = typer.Option(None, "--calibrate-mode", help="default robust"),
           weights: Optional[str] = typer.Option("default", "--weights"),
           bench: bool = typer.Option(False, "--bench"),
+          bench_seconds: float = typer.Option(2.0, "--bench-seconds", help="with --bench: seconds per batch size"),
           limit: Optional[int] = typer.Option(None, "--limit"),
           engine: str = typer.Option("onnxruntime", "--engine", "-e", help="the engine every artifact is built for "
                                      "(openvino: fp16/bf16 computed in half precision where the CPU has it)"),
@@ -410,7 +490,7 @@ def sweep(models: str = typer.Option(..., "--models", help="comma-separated mode
     table = run([m for m in models.split(",") if m], [d for d in dtypes.split(",") if d], data, out, calib=calib,
                 bench=bench, use_ray=ray is not None, ray_address=None if ray in (None, "local") else ray,
                 count=count, calibrate_mode=calibrate_mode, weights=weights, limit=limit, engine=engine,
-                say=lambda m: console.print(m, highlight=False))
+                bench_seconds=bench_seconds, say=lambda m: console.print(m, highlight=False))
     t = Table(title="zoo table")
     for col in ("model", "precision", "engine", "top1", "top5", "Δ vs fp32", "img/s", "params(M)", "GMACs", "input"):
         t.add_column(col, justify="left" if col in ("model", "precision", "engine") else "right")
@@ -461,7 +541,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USAGE_ERRORS as e:  # unknown option, bad value: click's usage message, exit code 2
         e.show()
         return e.exit_code
+    except ModuleNotFoundError as e:  # an optional part this command needs is not installed
+        root = (e.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        extra = EXTRAS[root]
+        hint = (" (the model side: create, export, build; a built artifact runs without it: cvzoo predict ARTIFACT_DIR)"
+                if extra == "models" else "")
+        err_console.print("[red]error:[/red] " + escape(f"this command needs {root}, which is not installed: pip install "
+                                                        f"'cvzoo[{extra}]'{hint}"), highlight=False, soft_wrap=True)
+        return 2
     return code if isinstance(code, int) else 0
+
+
+# the optional modules a command may need -> the extra (pyproject.toml) that installs them
+EXTRAS = {**dict.fromkeys(("torch", "torchvision", "timm", "onnx", "onnxslim", "safetensors", "thop",
+                           "onnxconverter_common"), "models"),
+          "openvino": "openvino", "ray": "ray", "matplotlib": "plot",
+          **dict.fromkeys(("fastapi", "uvicorn", "prometheus_client", "multipart", "python_multipart", "starlette"),
+                        "serve")}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,6 +11,12 @@ import numpy as np
 
 from .errors import CvzooError
 from .preprocess import IMAGE_SUFFIXES
+
+
+def demo_images() -> list[Path]:
+    """Real photos shipped in the package (used for the demo and to verify exports on real inputs)."""
+    folder = resources.files("cvzoo") / "demo"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
 
 
 @dataclass(frozen=True)

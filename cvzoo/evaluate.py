@@ -10,8 +10,9 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 from .artifact import Artifact
 from .datasets import Sample, load_samples
@@ -19,7 +20,27 @@ from .errors import CvzooError
 from .postprocess import Prediction, result_txt_lines, write_text_atomic
 from .predict import Predictor
 
-RESULTS, RUN, SUMMARY, RESULT_TXT = "results.jsonl", "run.json", "summary.json", "result.txt"
+RESULTS, RUN, SUMMARY, RESULT_TXT, LOCK = "results.jsonl", "run.json", "summary.json", "result.txt", ".lock"
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """One eval at a time per --out: a second one would interleave its lines with the first's. The OS drops the lock
+    when its holder exits, killed or not, so a stale lock file never blocks a resume."""
+    import fcntl
+    with open(out / LOCK, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise CvzooError(f"{out}: another eval (pid {holder}) is writing its results here; wait for it to end, "
+                             "or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
 
 
 def _read_results(path: Path) -> dict[int, dict]:
@@ -42,7 +63,7 @@ def _read_results(path: Path) -> dict[int, dict]:
 def _run_identity(art: Artifact, engine: str, data: Path, labels: Optional[Path], samples: list[Sample],
                   topk: int) -> dict:
     # the engine too: a resumed run must not mix, say, OpenVINO bf16 answers with ONNX Runtime fp32 ones
-    return {"artifact": art.manifest["files"][art.manifest["model_file"]]["sha256"], "model": art.name,
+    return {"artifact": art.manifest.files[art.manifest.model_file].sha256, "model": art.name,
             "precision": art.precision, "engine": engine, "data": str(Path(data).resolve()),
             "labels": str(labels) if labels else None, "samples": len(samples), "topk": topk}
 
@@ -78,10 +99,12 @@ def summarize(records: list[dict], class_names: list[str]) -> dict:
 def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Path], labels: Optional[Path] = None,
              batch: int = 32, workers: Optional[int] = None, limit: Optional[int] = None, topk: int = 5,
              engine: Optional[str] = None, threads: Optional[int] = None, weights: Optional[str] = None,
-             fresh: bool = False, progress: bool = True, on_batch: Optional[Callable[[int], None]] = None) -> dict:
+             fresh: bool = False, progress: bool = True, on_batch: Optional[Callable[[int], None]] = None,
+             verify_hashes: bool = True, random_init: bool = False) -> dict:
     if batch < 1:
         raise CvzooError(f"--batch must be >= 1, got {batch}")
-    predictor = Predictor(model, engine=engine, threads=threads, weights=weights)
+    predictor = Predictor(model, engine=engine, threads=threads, weights=weights, verify_hashes=verify_hashes,
+                          random_init=random_init)
     art = predictor.artifact
     samples = load_samples(Path(data), art.synsets, Path(labels) if labels else None)
     if limit:
@@ -89,6 +112,13 @@ def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Pa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(art, predictor.engine.name, Path(data), labels, samples, topk)
+    with exclusive(out):
+        return _run(predictor, samples, out, identity, batch, workers, topk, fresh, progress, on_batch)
+
+
+def _run(predictor: Predictor, samples: list[Sample], out: Path, identity: dict, batch: int, workers: Optional[int],
+         topk: int, fresh: bool, progress: bool, on_batch: Optional[Callable[[int], None]]) -> dict:
+    art = predictor.artifact
     run_file, results_file = out / RUN, out / RESULTS
     if fresh:
         results_file.unlink(missing_ok=True)

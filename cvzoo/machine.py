@@ -6,8 +6,15 @@ import os
 import platform
 
 
+def physical_cores() -> int:
+    """CPU cores this process may use (affinity-aware); the default thread count of CPU engines."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
 def machine_info() -> dict:
-    from .engines import physical_cores
     cpu, flags = platform.processor(), ""
     try:
         for line in open("/proc/cpuinfo"):

@@ -29,9 +29,10 @@ def vovnet_v1(pretrained: bool = False, cfg: Optional[dict] = None, **kwargs) ->
     return VovNet(cfg=dict(cfg), **kwargs)
 
 
-def build_model(card: ModelCard) -> torch.nn.Module:
-    """Random-init model for a card, in eval mode."""
-    model = timm.create_model(card.arch, pretrained=False, num_classes=card.num_classes, **card.arch_kwargs)
+def build_model(card: ModelCard, num_classes: Optional[int] = None, **kwargs) -> torch.nn.Module:
+    """Random-init model for a card, in eval mode; `num_classes` and timm's keyword arguments override the card's."""
+    model = timm.create_model(card.arch, pretrained=False, num_classes=num_classes or card.num_classes,
+                              **{**card.arch_kwargs, **kwargs})
     return model.eval()
 
 
@@ -56,13 +57,28 @@ def set_bn_statistics(model: torch.nn.Module, inputs: torch.Tensor) -> torch.nn.
 
 
 def create_model(name: Union[str, ModelCard], weights: Union[None, str, Path] = None,
-                 checkpoint_format: str = "auto") -> torch.nn.Module:
-    """Build a zoo model; `weights` is a local checkpoint path, 'default' (the card's own weights) or None."""
+                 checkpoint_format: str = "auto", num_classes: Optional[int] = None, **kwargs) -> torch.nn.Module:
+    """Build a zoo model; `weights` is a local checkpoint path, 'default' (the card's own weights) or None. As with
+    timm's `pretrained=True, num_classes=N`: another number of classes gets a new, untrained classifier and the rest
+    of the checkpoint loads strictly; other keyword arguments go to timm's model constructor."""
     from .checkpoint import load_weights, resolve_default_weights
 
     card = name if isinstance(name, ModelCard) else get_card(name)
-    model = build_model(card)
+    model = build_model(card, num_classes, **kwargs)
     if weights is not None:
         path = resolve_default_weights(card) if str(weights) == "default" else Path(weights)
-        load_weights(model, card, path, checkpoint_format=checkpoint_format)
+        if model.num_classes == card.num_classes:
+            load_weights(model, card, path, checkpoint_format=checkpoint_format)
+        else:  # the checkpoint loads, checked whole, into the card's network; all but its classifier moves over
+            full = build_model(card, **kwargs)
+            load_weights(full, card, path, checkpoint_format=checkpoint_format)
+            head, new = _classifier_keys(model), model.state_dict()
+            model.load_state_dict({k: new[k] if k in head else v for k, v in full.state_dict().items()}, strict=True)
     return model
+
+
+def _classifier_keys(model: torch.nn.Module) -> set[str]:
+    """The state-dict keys of a timm model's classifier, whatever its module is called."""
+    classifier = model.get_classifier()
+    prefix = next(name for name, module in model.named_modules() if module is classifier)
+    return {f"{prefix}.{k}" for k in classifier.state_dict()}

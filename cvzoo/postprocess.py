@@ -36,12 +36,15 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
-    def as_json(self) -> str:
+    def as_dict(self) -> dict:
+        """The fields of `predict --jsonl` (and of the server's /v1/predict)."""
         if not self.ok:
-            return json.dumps({"path": self.path, "error": self.error})
-        return json.dumps({"path": self.path, "topk": [
-            {"id": i, "prob": round(p, 8), "name": n} for i, p, n in zip(self.ids, self.probs, self.names)]},
-            ensure_ascii=False)
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "topk": [{"id": i, "prob": round(p, 8), "name": n}
+                                            for i, p, n in zip(self.ids, self.probs, self.names)]}
+
+    def as_json(self) -> str:
+        return json.dumps(self.as_dict(), ensure_ascii=False)
 
 
 def predictions_from_logits(paths: Sequence[str], logits: np.ndarray, class_names: Sequence[str],

@@ -1,88 +1,35 @@
 """`cvzoo predict` and `cvzoo.Predictor`: artifact (or model name) + images -> top-k with class names."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from .artifact import Artifact, default_cache, is_artifact
-from .card import Preprocessing
-from .engines import Engine, accepts_uint8, load_engine, physical_cores
+from .engines import Engine, accepts_uint8, load_engine
 from .errors import CvzooError
 from .postprocess import Prediction, predictions_from_logits
-from .preprocess import image_notes, load_image, normalize, resize_crop
+from .preprocess import batches, decode, decode_stream
 
 
-@dataclass
-class Decoded:
-    path: Path
-    array: Optional[np.ndarray]
-    error: Optional[str]
-    notes: list[str]
-
-
-def _decode(path: Path, pre: Preprocessing, pixels: bool = False) -> Decoded:
-    """One file -> the engine's input: float32 CHW normalized, or with `pixels` the uint8 HWC crop (for
-    engines that normalize themselves)."""
-    try:
-        if path.suffix == ".npz":
-            from .datasets import load_npz_image
-            img = load_npz_image(path)
-        else:
-            img = load_image(path)
-        crop = resize_crop(img, pre)
-        return Decoded(path, crop if pixels else normalize(crop, pre), None, image_notes(img))
-    except CvzooError as e:
-        return Decoded(path, None, str(e), [])
-    except Exception as e:  # an unforeseen decoder failure must not stop a 50,000-image run
-        return Decoded(path, None, f"{path}: cannot decode ({type(e).__name__}: {e})", [])
-
-
-def decode_stream(paths: Sequence[Path], pre: Preprocessing, workers: Optional[int] = None,
-                  prefetch: int = 64, pixels: bool = False) -> Iterator[Decoded]:
-    """Decode + preprocess in a thread pool (Pillow releases the GIL), yielding in input order."""
-    workers = workers or physical_cores()
-    if workers <= 1:
-        for p in paths:
-            yield _decode(p, pre, pixels)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvzoo-decode") as pool:
-        pending = []
-        it = iter(paths)
-        for p in it:
-            pending.append(pool.submit(_decode, p, pre, pixels))
-            if len(pending) >= prefetch:
-                yield pending.pop(0).result()
-        for fut in pending:
-            yield fut.result()
-
-
-def batches(stream: Iterable[Decoded], batch: int) -> Iterator[list[Decoded]]:
-    """Group decoded images, in order, into chunks holding at most `batch` usable ones."""
-    chunk, usable = [], 0
-    for d in stream:
-        chunk.append(d)
-        usable += d.error is None
-        if usable >= batch:
-            yield chunk
-            chunk, usable = [], 0
-    if chunk:
-        yield chunk
-
-
-def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None, size: Optional[int] = None) -> Path:
-    """An artifact directory as given, or a model name exported once into the cache (needs torch)."""
+def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None, size: Optional[int] = None,
+                 random_init: bool = False) -> Path:
+    """An artifact directory as given, or a model name exported once into the cache (needs torch). A name without
+    weights takes the card's own; a card without any is refused unless `random_init` (speed needs no weights)."""
     if is_artifact(Path(model)):
         return Path(model)
     if Path(model).exists():
         raise CvzooError(f"{model}: not a cvzoo artifact (no manifest.json) and not a model name")
     from .artifact import sha256
     from .card import get_card
-    from .checkpoint import resolve_default_weights
     card = get_card(str(model))
+    if weights is None and not random_init:
+        if card.weights is None:
+            raise CvzooError(f"{card.name}: no weights given and the card has none; pass --weights PATH, or "
+                             "--random-init to run untrained weights anyway")
+        weights = "default"
+    from .checkpoint import resolve_default_weights
     wpath = resolve_default_weights(card) if str(weights) == "default" else weights
     tag = sha256(Path(wpath))[:12] if wpath else "random"
     out = default_cache() / "artifacts" / f"{card.name}-{size or card.input_size}-fp32-{tag}"
@@ -92,12 +39,23 @@ def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None
     return out
 
 
+def require_weights(art: Artifact, random_init: bool = False) -> Artifact:
+    """The artifact, unless it was exported without weights and `random_init` does not allow it: its answers would
+    look like predictions and mean nothing."""
+    if art.random_init and not random_init:
+        raise CvzooError(f"{art.folder}: exported without weights (random init); rebuild it with --weights PATH, or "
+                         "pass --random-init to run untrained weights anyway")
+    return art
+
+
 class Predictor:
     """Runs an artifact on images. `model` is an artifact directory or a zoo model name."""
 
     def __init__(self, model: Union[str, Path], engine: Optional[str] = None, threads: Optional[int] = None,
-                 weights: Union[None, str, Path] = None, size: Optional[int] = None, **engine_options):
-        self.artifact = Artifact.load(artifact_for(model, weights, size))
+                 weights: Union[None, str, Path] = None, size: Optional[int] = None, verify_hashes: bool = True,
+                 random_init: bool = False, **engine_options):
+        self.artifact = require_weights(Artifact.load(artifact_for(model, weights, size, random_init),
+                                                      verify_hashes=verify_hashes), random_init)
         self.engine: Engine = load_engine(self.artifact, engine, threads=threads, **engine_options)
         self.preprocessing = self.artifact.preprocessing
         self.class_names = self.artifact.class_names
@@ -108,7 +66,7 @@ class Predictor:
 
     def predict(self, image: Union[str, Path], topk: int = 5) -> Prediction:
         """One image; raises CvzooError if it cannot be decoded."""
-        d = _decode(Path(image), self.preprocessing, self.pixels)
+        d = decode(Path(image), self.preprocessing, self.pixels)
         if d.error:
             raise CvzooError(d.error)
         pred = predictions_from_logits([str(image)], self.logits(d.array[None]), self.class_names, topk)[0]

@@ -3,16 +3,20 @@ ToTensor -> Normalize), with the sources' own resize rules where they differ (Pa
 bilinear), and robust to the images users really have. Pillow + numpy only."""
 from __future__ import annotations
 
+import io
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .card import Preprocessing
 from .errors import CvzooError
+from .machine import physical_cores
 
 PIL_INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -29,13 +33,14 @@ TINY_SIDE = 8  # smaller images still run, with a warning
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def load_image(path: Union[str, Path]) -> Image.Image:
-    """Decode any image file to 8-bit RGB, or raise CvzooError naming the file and the problem."""
+def load_image(path: Union[str, Path], data: Optional[bytes] = None) -> Image.Image:
+    """Decode any image file (or its bytes, `data`, named `path`) to 8-bit RGB, or raise CvzooError naming the file
+    and the problem."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise CvzooError(f"{path}: empty file")
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             limit = Image.MAX_IMAGE_PIXELS
             if limit and im.size[0] * im.size[1] > limit:
                 raise CvzooError(f"{path}: image too large: {im.size[0]}x{im.size[1]} is over Pillow's "
@@ -202,3 +207,60 @@ def find_images(inputs: list[Union[str, Path]]) -> tuple[list[Path], list[str]]:
         else:
             errors.append(f"{item}: no such file or directory")
     return paths, errors
+
+
+@dataclass
+class Decoded:
+    path: Path
+    array: Optional[np.ndarray]
+    error: Optional[str]
+    notes: list[str]
+
+
+def decode(path: Path, pre: Preprocessing, pixels: bool = False, data: Optional[bytes] = None) -> Decoded:
+    """One file (or its bytes, `data`, named `path`) -> the engine's input: float32 CHW normalized, or with `pixels`
+    the uint8 HWC crop (for engines that normalize themselves)."""
+    try:
+        if path.suffix == ".npz" and data is None:
+            from .datasets import load_npz_image
+            img = load_npz_image(path)
+        else:
+            img = load_image(path, data)
+        crop = resize_crop(img, pre)
+        return Decoded(path, crop if pixels else normalize(crop, pre), None, image_notes(img))
+    except CvzooError as e:
+        return Decoded(path, None, str(e), [])
+    except Exception as e:  # an unforeseen decoder failure must not stop a 50,000-image run
+        return Decoded(path, None, f"{path}: cannot decode ({type(e).__name__}: {e})", [])
+
+
+def decode_stream(paths: Sequence[Path], pre: Preprocessing, workers: Optional[int] = None,
+                  prefetch: int = 64, pixels: bool = False) -> Iterator[Decoded]:
+    """Decode + preprocess in a thread pool (Pillow releases the GIL), yielding in input order."""
+    workers = workers or physical_cores()
+    if workers <= 1:
+        for p in paths:
+            yield decode(p, pre, pixels)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvzoo-decode") as pool:
+        pending = []
+        it = iter(paths)
+        for p in it:
+            pending.append(pool.submit(decode, p, pre, pixels))
+            if len(pending) >= prefetch:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+def batches(stream: Iterable[Decoded], batch: int) -> Iterator[list[Decoded]]:
+    """Group decoded images, in order, into chunks holding at most `batch` usable ones."""
+    chunk, usable = [], 0
+    for d in stream:
+        chunk.append(d)
+        usable += d.error is None
+        if usable >= batch:
+            yield chunk
+            chunk, usable = [], 0
+    if chunk:
+        yield chunk

@@ -10,14 +10,17 @@ import numpy as np
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def ort_session(model, threads: Optional[int] = None):
-    """A CPU ONNX Runtime session for a path or an in-memory ModelProto."""
+def ort_session(model, threads: Optional[int] = None, optimized_to: Optional[Path] = None):
+    """A CPU ONNX Runtime session for a path or an in-memory ModelProto (`optimized_to`: where ORT writes the graph
+    it optimized, the one it runs)."""
     import onnxruntime as ort
 
-    from .engines import physical_cores
+    from .machine import physical_cores
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or physical_cores()
     opts.log_severity_level = 3
+    if optimized_to is not None:
+        opts.optimized_model_filepath = str(optimized_to)
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
@@ -26,9 +29,8 @@ def model_runner(model_path: Path, engine: str = "onnxruntime") -> Runner:
     """A batch -> logits function run by ONNX Runtime or by OpenVINO (whose int8 kernels, not ORT's, are what an
     OpenVINO build's guard and form search must see)."""
     if engine == "openvino":
-        from .artifact import Artifact
-        from .engines import load_engine
-        return load_engine(Artifact(model_path.parent, {"model_file": model_path.name}), "openvino").run
+        from .engines import RuntimeSpec, load_engine
+        return load_engine(RuntimeSpec(model_path), "openvino").run
     sess = ort_session(model_path)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
@@ -66,3 +68,36 @@ def time_rounds(runners: dict[str, Runner], shape: tuple[int, ...], rounds: int 
             per_run[k].append((time.perf_counter() - t0) / n)
     return per_run
 
+
+
+# the optimized-graph ops in which ONNX Runtime computes a conv / matmul in integers, and those it computes in float
+_ORT_INT8 = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+             "DynamicQuantizeMatMul"}
+_ORT_FLOAT = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+_OV_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
+
+
+def compiled_runner(model_path: Path, engine: str = "onnxruntime") -> tuple[Runner, tuple[int, int]]:
+    """The engine's runner for a model file and (conv / matmul layers it computes in int8, all of them), read from
+    the graph it compiled: a Q/DQ graph is int8 only where the engine fuses it into integer kernels (ONNX Runtime
+    runs a conv whose output has no Q as a float conv; OpenVINO runs u8 weights in f32)."""
+    if engine == "openvino":
+        from .engines import RuntimeSpec, load_engine
+        eng = load_engine(RuntimeSpec(model_path), "openvino")
+        info = [op.get_rt_info() for op in eng.compiled.get_runtime_model().get_ordered_ops()]
+        precisions = [rt["runtimePrecision"].astype(str) for rt in info if rt["layerType"].astype(str) in _OV_LAYERS]
+        return eng.run, (sum(p in ("u8", "i8") for p in precisions), len(precisions))
+    import tempfile
+
+    import onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        sess = ort_session(model_path, optimized_to=optimized)
+        ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    name = sess.get_inputs()[0].name
+    return (lambda x: sess.run(None, {name: x})[0]), (sum(op in _ORT_INT8 for op in ops),
+                                                       sum(op in _ORT_INT8 | _ORT_FLOAT for op in ops))
+
+
+def int8_layers(model_path: Path, engine: str = "onnxruntime") -> tuple[int, int]:
+    return compiled_runner(model_path, engine)[1]

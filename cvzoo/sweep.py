@@ -96,7 +96,7 @@ TABLE_FIELDS = ["model", "source", "precision", "engine", "top1", "top5", "delta
 def sweep(models: Sequence[str], dtypes: Sequence[str], data: Path, out: Path, calib: Optional[Path] = None,
           bench: bool = False, ray_address: Optional[str] = None, use_ray: bool = False, count: Optional[int] = None,
           calibrate_mode: Optional[str] = None, weights: Optional[str] = "default", limit: Optional[int] = None,
-          engine: str = "onnxruntime", say: Callable[[str], None] = print) -> list[dict]:
+          engine: str = "onnxruntime", bench_seconds: float = 2.0, say: Callable[[str], None] = print) -> list[dict]:
     """Every model x precision, built for `engine` (openvino: fp16/bf16 computed in half precision on CPUs
     that have it, int8 in the QDQ form OpenVINO reads)."""
     from .buildconfig import parse_config
@@ -112,7 +112,8 @@ def sweep(models: Sequence[str], dtypes: Sequence[str], data: Path, out: Path, c
     if not Path(data).exists():
         raise CvzooError(f"{data}: evaluation data not found")
     jobs = [Job(m, d, str(Path(data).resolve()), str(Path(out).resolve()), str(Path(calib).resolve()) if calib else None,
-                count, calibrate_mode, weights, bench, limit=limit, engine=engine) for m in models for d in dtypes]
+                count, calibrate_mode, weights, bench, bench_seconds, limit=limit, engine=engine)
+            for m in models for d in dtypes]
     rows, todo = [], []
     for job in jobs:
         if job.result_path.is_file():
@@ -145,11 +146,14 @@ def write_table(rows: list[dict], out: Path) -> list[dict]:
     md = ["| " + " | ".join(TABLE_FIELDS) + " |", "|" + "---|" * len(TABLE_FIELDS)]
     md += ["| " + " | ".join("-" if r[k] is None else str(r[k]) for k in TABLE_FIELDS) + " |" for r in table]
     write_text_atomic(out / "zoo_table.md", "\n".join(md) + "\n")
-    _pareto(table, out / "pareto.png")
+    svg = _pareto(table, out / "pareto.png")
+    from .report import sweep_report
+    write_text_atomic(out / "index.html", sweep_report(table, rows, svg))
     return table
 
 
-def _pareto(table: list[dict], path: Path) -> None:
+def _pareto(table: list[dict], path: Path) -> str:
+    """Writes the plot as PNG and returns it as SVG (for index.html)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -169,5 +173,8 @@ def _pareto(table: list[dict], path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
+    svg = io.StringIO()
+    fig.savefig(svg, format="svg")
     plt.close(fig)
     tmp.replace(path)
+    return svg.getvalue()

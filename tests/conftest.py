@@ -39,17 +39,6 @@ def imagenette_files() -> list[tuple[Path, int]]:
     return [(f, i) for i, s in enumerate(synsets) for f in sorted((root / s).glob("*.JPEG"))]
 
 
-def top1_torch(model, batches) -> float:
-    import torch
-    correct = total = 0
-    with torch.inference_mode():
-        for x, y in batches:
-            pred = model(torch.as_tensor(np.asarray(x))).argmax(1).numpy()
-            correct += int((pred == np.asarray(y)).sum())
-            total += len(y)
-    return 100.0 * correct / total
-
-
 def batched(items, size):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -124,3 +113,73 @@ def artifacts(export_cache):
             made[name] = cached_export(card, Path(weights) if weights else None, card.input_size)
         return made[name]
     return get
+
+
+@pytest.fixture(scope="session")
+def effnetv2_generic_int8(tmp_path_factory):
+    """efficientnetv2_rw_t-imagenette built int8 with the defaults on ImageNet photos of other classes (the case the
+    guard, the recovery steps and the report are about): (artifact dir, the build's lines). Built once per session."""
+    from cvzoo.build import build
+    from cvzoo.buildconfig import parse_config
+    said: list[str] = []
+    art = build(parse_config(dict(model="efficientnetv2_rw_t-imagenette", weights="default", dtype="int8",
+                                  workspace=str(tmp_path_factory.mktemp("effv2")),
+                                  calibration=dict(path=str(need(IMAGENET_SAMPLE))))), say=said.append)
+    return art, said
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    """Two fixtures x {fp32, int8} swept locally with benchmarks (limited eval): (out dir, table, sweep arguments)."""
+    from cvzoo.sweep import sweep
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    kw = dict(calib=need(IMAGENET_SAMPLE), count=40, limit=200, bench=True, bench_seconds=0.5)
+    models = ["cspresnet50-imagenette", "dla34-imagenette"]
+    table = sweep(models, ["fp32", "int8"], need(IMAGENETTE_VAL), out, say=print, **kw)
+    return out, table, dict(models=models, **kw)
+
+
+CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, headless, driven by Playwright (its own browsers are a download this machine cannot make)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM:
+        pytest.skip("no chromium here (Debian: apt-get install chromium; CI's .ci/run installs it)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str):
+    """The page, what it logged as errors and every URL it asked for."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors, urls = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: urls.append(r.url))
+    page.goto(url)
+    page.wait_for_load_state("load")
+    return page, errors, urls
+
+
+def screenshot(page, name: str) -> bytes:
+    """A full-page PNG; the top of the page (1200 x 1100) kept in $CVZOO_SCREENSHOTS where set (README's screenshots
+    are made this way)."""
+    keep = os.environ.get("CVZOO_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(keep) / name), clip={"x": 0, "y": 0, "width": 1200, "height": 1100},
+                        full_page=True)
+    return page.screenshot(full_page=True)
+
+
+def not_blank(png: bytes) -> bool:
+    """Text and bars on the page, not one flat colour."""
+    import io
+    from PIL import Image
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    return pixels.std() > 10 and (pixels < 128).mean() > 0.005

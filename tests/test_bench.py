@@ -132,7 +132,7 @@ def test_a_failing_process_is_one_clear_error_not_a_hang(artifacts, target, mess
 
 
 def test_vs_torch_and_end_to_end(artifacts):
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     rep = bench(artifacts("dla46_c", weights=None), batches=(1,), duration=0.5, warmup=0.1, vs_torch=True,
                 images=demo_images()[0].parent)
     r = rep["results"][0]
@@ -210,7 +210,7 @@ def test_torch_cuda_engine_matches_ort(name, weights, artifacts):
             assert (b.argmax(1) == ref.argmax(1)).mean() >= 0.9
     assert set(gpu.tuning[64]["ms"]) == {"inductor", "cudnn_fused_relu", "conv1x1_gemm"}
     # uint8 pixels (what predict/eval/bench hand this engine), normalized in the compiled graph: real photos
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     from cvzoo.preprocess import load_image, normalize, resize_crop
     pre = Artifact.load(art).preprocessing
     crops = [resize_crop(load_image(p), pre) for p in demo_images()]
@@ -220,7 +220,7 @@ def test_torch_cuda_engine_matches_ort(name, weights, artifacts):
         b = gpu.run(pixels[:n])
         assert np.linalg.norm(b - ref[:n]) / np.linalg.norm(ref[:n]) < 5e-2
     from cvzoo.predict import Predictor
-    p = Predictor(art, engine="torch-cuda")
+    p = Predictor(art, engine="torch-cuda", random_init=weights is None)
     assert p.pixels
     if weights == "default":  # the Predictor's answers are the engine's on the same crops
         top1 = [q.ids[0] for q in p.predict_paths(demo_images(), batch=4)]
@@ -231,7 +231,8 @@ def test_openvino_instances_sharing_the_cores_are_not_pinned(artifacts):
     """OpenVINO pins its threads to the first cores: two 1-thread instances both landed on core 0 (measured:
     2 x 17.8 img/s, no more than one instance alone). Instances with fewer threads than cores now float."""
     pytest.importorskip("openvino")
-    from cvzoo.engines import load_engine, physical_cores
+    from cvzoo.engines import load_engine
+    from cvzoo.machine import physical_cores
     art = Artifact.load(artifacts("dla46_c", weights=None))
     whole = load_engine(art, "openvino", threads=physical_cores())
     assert whole.compiled.get_property("ENABLE_CPU_PINNING") is True
@@ -246,13 +247,13 @@ def test_openvino_runs_the_qdq_int8_artifact(tmp_path):
     from cvzoo.build import build
     from cvzoo.buildconfig import parse_config
     from cvzoo.engines import load_engine
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     art = build(parse_config(dict(model="tf_efficientnet_lite0", weights="default", dtype="int8", engine="openvino",
                                   workspace=str(tmp_path),
                                   guard=dict(enabled=False), quantize=dict(format="auto"),
                                   calibration=dict(path=str(demo_images()[0].parent), count=6, holdout=2))),
                 say=lambda m: None)
-    assert Artifact.load(art).manifest["build"]["quantization"]["format_chosen"] == "qdq"
+    assert Artifact.load(art).manifest.build.quantization.format_chosen == "qdq"
     x = np.stack([__import__("cvzoo.preprocess", fromlist=["x"]).preprocess_image(p, Artifact.load(art).preprocessing)
                   for p in demo_images()])
     a = load_engine(art, "onnxruntime").run(x)
@@ -277,7 +278,7 @@ def test_bench_defaults_to_the_engine_an_artifact_was_built_for(tmp_path):
     rep = json.loads(out.read_text())
     r = rep["results"][0]
     assert rep["engine"] == "openvino" and rep["precision"] == "bf16" and r["inference_precision"] in ("bf16", "f32")
-    assert r["inference_precision"] == Artifact.load(art).manifest["build"]["inference_precision_at_build"]
+    assert r["inference_precision"] == Artifact.load(art).manifest.build.inference_precision_at_build
     _sane(r)
     proc = subprocess.run([sys.executable, "-m", "cvzoo", "bench", str(art), "-e", "onnxruntime", "--iterations", "1"],
                           capture_output=True, text=True)
@@ -291,7 +292,7 @@ def test_pixel_input_normalizes_like_the_host():
     import torch
     from cvzoo.card import get_card
     from cvzoo.engines.torch_cuda import pixel_input
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     from cvzoo.preprocess import load_image, normalize, resize_crop
     pre = get_card("dla34").preprocessing  # per-channel mean/std: a swapped channel would show
     pixels = np.stack([resize_crop(load_image(p), pre) for p in demo_images()])

@@ -101,6 +101,25 @@ def test_wrong_number_of_classes(tmp_path):
         create_model("dla34", weights=path)
 
 
+def test_num_classes_gives_a_new_head_and_loads_the_rest_strictly(tmp_path, reference):
+    """timm's `pretrained=True, num_classes=N`: the checkpoint's classifier is dropped, every other tensor loads, a
+    checkpoint that does not fit is still refused; timm keyword arguments pass through."""
+    path = tmp_path / "w.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(CARD, weights=path, num_classes=5, drop_rate=0.25)
+    head = {"fc.weight", "fc.bias"}
+    assert model.num_classes == 5 and model.state_dict()["fc.weight"].shape[0] == 5
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.25]
+    mine, ref = model.state_dict(), reference.state_dict()
+    assert set(mine) == set(ref) and all(torch.equal(mine[k], ref[k]) for k in ref if k not in head)
+    assert not torch.equal(create_model(CARD, weights=path, num_classes=5).state_dict()["fc.bias"][:5],
+                           ref["fc.bias"][:5])  # a fresh classifier, not a slice of the old one
+    broken = {k: v for k, v in ref.items() if not k.startswith("base_layer")}
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(CvzooError, match="missing"):
+        create_model(CARD, weights=tmp_path / "broken.pth", num_classes=5)
+
+
 class _Payload:
     """A pickle that would run a shell command on load (what torch.load without weights_only allows)."""
     def __init__(self, marker):

@@ -46,7 +46,7 @@ def _eval_cmd(art, data, out):
 
 
 @pytest.mark.shared
-def test_sigkill_and_resume_gives_identical_summary(artifacts, tmp_path):
+def test_one_eval_per_folder_and_sigkill_resume_gives_identical_summary(artifacts, tmp_path):
     art = artifacts("dla34-imagenette")
     data = need(IMAGENETTE_VAL)
     full = tmp_path / "full"
@@ -59,7 +59,14 @@ def test_sigkill_and_resume_gives_identical_summary(artifacts, tmp_path):
         if results.exists() and results.read_text().count("\n") >= 200:
             break
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    # a second eval on the same folder while the first holds it (stopped, so it cannot finish meanwhile): exit 2,
+    # naming the holder, and nothing of the first run's touched
+    os.kill(proc.pid, signal.SIGSTOP)
+    before = results.read_bytes()
+    second = subprocess.run(_eval_cmd(art, data, part), capture_output=True, text=True)
+    assert second.returncode == 2 and f"another eval (pid {proc.pid})" in " ".join(second.stderr.split())
+    assert "Traceback" not in second.stderr and results.read_bytes() == before
+    os.kill(proc.pid, signal.SIGKILL)  # then killed mid-run: the resume below must still give the full run's numbers
     proc.wait()
     n_killed = results.read_text().count("\n")
     assert 200 <= n_killed < 1000, n_killed
@@ -77,7 +84,7 @@ def test_sigkill_and_resume_gives_identical_summary(artifacts, tmp_path):
 
 def test_resume_refuses_another_run(artifacts, tmp_path):
     from cvzoo.errors import CvzooError
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for p in demo_images()[:3]:
@@ -91,7 +98,7 @@ def test_resume_refuses_another_run(artifacts, tmp_path):
 
 
 def test_bad_images_are_listed_not_dropped(artifacts, tmp_path):
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     d = tmp_path / "n01440764"
     d.mkdir()
     shutil.copy(demo_images()[0], d / "a.JPEG")

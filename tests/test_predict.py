@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvzoo.artifact import Artifact
 from cvzoo.postprocess import parse_result_txt
 from cvzoo.predict import Predictor
 from tests.conftest import FIXTURE_CARDS, eval_files
@@ -21,12 +22,12 @@ def test_predict_top1_equals_pytorch(name, artifacts, torch_top1_ids):
     ours = [p.ids[0] for p in preds]
     assert ours == torch_top1_ids(name).tolist()
     # real trained weights meet the 1e-4 gate directly
-    v = __import__("cvzoo.artifact", fromlist=["x"]).Artifact.load(artifacts(name)).manifest["export"]["verification"]
-    assert v["criterion"] == "direct" and v["max_abs_diff"] <= 1e-4
+    v = Artifact.load(artifacts(name)).manifest.export.verification
+    assert v.criterion == "direct" and v.max_abs_diff <= 1e-4
 
 
 def _bad_inputs(folder):
-    src = Image.open(sorted((__import__("cvzoo.export", fromlist=["x"]).demo_images()))[0]).convert("RGB")
+    src = Image.open(sorted((__import__("cvzoo.datasets", fromlist=["x"]).demo_images()))[0]).convert("RGB")
     (folder / "good.JPEG").write_bytes(b"")
     src.save(folder / "good.JPEG")
     (folder / "empty.JPEG").write_bytes(b"")
@@ -55,7 +56,7 @@ def test_bad_inputs_each_one_line_and_others_go_on(tmp_path, artifacts):
     (tmp_path / "nothing").mkdir()
     out = tmp_path / "result.txt"
     proc = subprocess.run([sys.executable, "-m", "cvzoo", "predict", str(art), str(imgs), str(tmp_path / "nothing"),
-                           "--out", str(out), "-q"], capture_output=True, text=True)
+                           "--out", str(out), "-q", "--random-init"], capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "Traceback" not in proc.stderr
@@ -72,7 +73,7 @@ def test_bad_inputs_each_one_line_and_others_go_on(tmp_path, artifacts):
 
 
 def test_result_txt_format(tmp_path, artifacts):
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     out = tmp_path / "r.txt"
     subprocess.run([sys.executable, "-m", "cvzoo", "predict", str(artifacts("tf_efficientnet_lite0")),
                     *map(str, demo_images()), "--out", str(out), "-q"], check=True, capture_output=True)
@@ -89,15 +90,16 @@ def test_result_txt_format(tmp_path, artifacts):
 
 def test_deploy_path_needs_no_torch(tmp_path, artifacts):
     art = artifacts("tf_efficientnet_lite0")
-    # torch and timm blocked: any import of them fails; the demo photos are found without cvzoo.export
+    # torch and timm blocked: any import of them fails; the demo photos, decoding, engines, eval and bench load
     code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None
         sys.modules["timm"] = None
-        from pathlib import Path
         import cvzoo
+        import cvzoo.bench, cvzoo.engines.ort, cvzoo.evaluate, cvzoo.preprocess
+        from cvzoo.datasets import demo_images
         p = cvzoo.Predictor({str(art)!r})
-        img = sorted((Path(cvzoo.__file__).parent / "demo").glob("tench.jpg"))[0]
+        img = [f for f in demo_images() if f.name == "tench.jpg"][0]
         pred = p.predict(img)
         print(pred.ids[0], pred.names[0])
         assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
@@ -109,9 +111,9 @@ def test_deploy_path_needs_no_torch(tmp_path, artifacts):
 
 def test_predictor_on_model_name_exports_into_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CVZOO_CACHE", str(tmp_path))
-    p = Predictor("dla46_c")
+    p = Predictor("dla46_c", random_init=True)
     assert (tmp_path / "artifacts").is_dir() and p.artifact.name == "dla46_c"
-    assert Predictor("dla46_c").artifact.folder == p.artifact.folder  # reused
+    assert Predictor("dla46_c", random_init=True).artifact.folder == p.artifact.folder  # reused
 
 
 def test_engine_that_normalizes_gets_uint8_pixels_and_the_same_answers(artifacts, monkeypatch):
@@ -119,23 +121,24 @@ def test_engine_that_normalizes_gets_uint8_pixels_and_the_same_answers(artifacts
     engine needs a GPU, which CI lacks: here ONNX Runtime behind preprocess.normalize stands in for it, to
     test the Predictor's side (tests/test_bench.py runs the real engine where a GPU exists)."""
     import cvzoo.predict
-    from cvzoo.export import demo_images
+    from cvzoo.datasets import demo_images
     from cvzoo.preprocess import normalize
 
     class PixelsThenOrt:
         accepts_uint8 = True
 
         def __init__(self, inner):
-            self.inner, self.name, self.artifact, self.seen = inner, inner.name, inner.artifact, []
+            self.inner, self.name, self.seen = inner, inner.name, []
 
         def run(self, batch):
             self.seen.append((batch.dtype, batch.shape))
-            return self.inner.run(np.stack([normalize(img, self.artifact.preprocessing) for img in batch]))
+            return self.inner.run(np.stack([normalize(img, pre) for img in batch]))
 
         def close(self):
             self.inner.close()
 
     art = artifacts("tf_efficientnet_lite0")
+    pre = Artifact.load(art).preprocessing
     paths = demo_images() + [__file__]  # one file that is not an image: the run goes on
     floats = list(Predictor(art).predict_paths(paths, batch=3))
     real_load = cvzoo.predict.load_engine

@@ -1,5 +1,7 @@
 """Issue 3: torch-free preprocessing equals timm's eval transform on real JPEGs, for every zoo setting."""
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from cvzoo.card import list_models
-from cvzoo.preprocess import preprocess_image, vdsp_params
+from cvzoo.preprocess import load_image, preprocess_image, vdsp_params
 from tests.conftest import imagenet_sample_files
 
 # every (interpolation, short side, size) the cards with timm's rules use; the cv2-based sources' own
@@ -32,17 +34,24 @@ def test_parity_with_timm_on_all_imagenet_sample_images():
         cfg = resolve_data_config({"input_size": (3, pre.input_size, pre.input_size), "interpolation": pre.interpolation,
                                    "crop_pct": pre.input_size / pre.resize_size, "mean": pre.mean, "std": pre.std, "crop_mode": "center"})
         transforms.append((setting, pre, create_transform(**cfg)))
-    worst = {s: 0.0 for s in SETTINGS}
-    gray = 0
-    for path, _ in files:
+
+    def worst_diffs(path):
         with Image.open(path) as im:
-            gray += im.mode == "L"
+            gray = im.mode == "L"
             img = im.convert("RGB")  # timm's dataset decode
+        ours_decoded = load_image(path)  # our own decode from the file, once for every setting
+        diffs = []
         for setting, pre, tf in transforms:
             ref = tf(img).numpy()
-            ours = preprocess_image(path, pre)  # our own decode from the file
+            ours = preprocess_image(ours_decoded, pre)
             assert ours.shape == ref.shape and ours.dtype == np.float32
-            worst[setting] = max(worst[setting], float(np.abs(ours - ref).max()))
+            diffs.append(float(np.abs(ours - ref).max()))
+        return gray, diffs
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow and torch release the GIL
+        results = list(pool.map(worst_diffs, [path for path, _ in files]))
+    gray = sum(g for g, _ in results)
+    worst = dict(zip(SETTINGS, np.max([d for _, d in results], axis=0).tolist()))
     print({f"{i}/{c}/{s}": w for (i, c, s), w in worst.items()})
     assert gray == 23
     assert {i for i, _, _ in SETTINGS} >= {"bilinear", "bicubic"}

@@ -19,7 +19,7 @@ import torch
 
 from cvzoo.card import get_card, list_models
 from cvzoo.errors import CvzooError
-from cvzoo.export import demo_images
+from cvzoo.datasets import demo_images
 from cvzoo.models import create_model
 from cvzoo.pdparams import read_pdparams
 from cvzoo.preprocess import load_image, resize_crop
@@ -43,29 +43,51 @@ def _photos() -> list[Path]:
     return demo_images() + (sorted(IMAGENET_SAMPLE.glob("*.JPEG")) if IMAGENET_SAMPLE.is_dir() else [])
 
 
-def _dump(env: str, script: str, specs: list[str], out: Path) -> Path:
-    python = SOURCES / env / "bin" / "python"
-    if not python.exists():
+DUMPS = {  # source venv -> its dump script and the (card=source name) specs it is given
+    "paddleclas": ("dump_paddleclas.py",
+                   [f"{card}={name}@{get_card(card).input_size}" for card, name in PPCLS_NAMES.items()]),
+    "mmpretrain": ("dump_mmpretrain.py", [f"{card}={name}" for card, name in MMCLS_NAMES.items()]),
+}
+
+
+@pytest.fixture(scope="session")
+def source_dumps(tmp_path_factory) -> dict:
+    """Both libraries' dumps, run at the same time (two mostly single-threaded processes): env -> its folder, or the
+    reason it is missing."""
+    procs, found = {}, {}
+    for env, (script, specs) in DUMPS.items():
+        python = SOURCES / env / "bin" / "python"
+        if not python.exists():
+            found[env] = f"{python} missing (make source-envs installs the real {env})"
+            continue
+        out = tmp_path_factory.mktemp(env)
+        cmd = [str(python), str(ROOT / "tests" / "sources" / script), str(out), *specs, "--images", *map(str, _photos())]
+        procs[env] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out)
+    for env, (proc, out) in procs.items():
+        _, err = proc.communicate(timeout=1200)
+        found[env] = out if proc.returncode == 0 else AssertionError(f"{env} dump failed: {err[-3000:]}")
+    return found
+
+
+def _dump(source_dumps: dict, env: str) -> Path:
+    got = source_dumps[env]
+    if isinstance(got, Exception):
+        raise got
+    if isinstance(got, str):
         if os.environ.get("CI"):
-            pytest.fail(f"{python} missing: CI must build the source venvs (make source-envs)")
-        pytest.skip(f"{python} missing (make source-envs installs the real {env})")
-    cmd = [str(python), str(ROOT / "tests" / "sources" / script), str(out), *specs,
-           "--images", *map(str, _photos())]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return out
+            pytest.fail(f"{got}: CI must build the source venvs (make source-envs)")
+        pytest.skip(got)
+    return got
 
 
 @pytest.fixture(scope="session")
-def paddle_dump(tmp_path_factory) -> Path:
-    specs = [f"{card}={name}@{get_card(card).input_size}" for card, name in PPCLS_NAMES.items()]
-    return _dump("paddleclas", "dump_paddleclas.py", specs, tmp_path_factory.mktemp("ppcls"))
+def paddle_dump(source_dumps) -> Path:
+    return _dump(source_dumps, "paddleclas")
 
 
 @pytest.fixture(scope="session")
-def mm_dump(tmp_path_factory) -> Path:
-    specs = [f"{card}={name}" for card, name in MMCLS_NAMES.items()]
-    return _dump("mmpretrain", "dump_mmpretrain.py", specs, tmp_path_factory.mktemp("mmcls"))
+def mm_dump(source_dumps) -> Path:
+    return _dump(source_dumps, "mmpretrain")
 
 
 def _max_diff(card: str, checkpoint: Path, reference: Path) -> float:

@@ -1,10 +1,11 @@
 """Issue 5: sweep over two fixtures x {fp32, int8}: table, CSV, Pareto PNG; cached jobs; the same on Ray."""
 import csv
+import json
 
 import pytest
 
 from cvzoo.sweep import sweep
-from tests.conftest import IMAGENET_SAMPLE, IMAGENETTE_VAL, need
+from tests.conftest import IMAGENETTE_VAL, need
 
 MODELS = ["cspresnet50-imagenette", "dla34-imagenette"]
 
@@ -25,10 +26,10 @@ def _check(out, table):
 
 @pytest.mark.shared
 @pytest.mark.slow
-def test_sweep_local_then_cached(tmp_path):
-    out = tmp_path / "sweep"
-    kw = dict(calib=need(IMAGENET_SAMPLE), count=40, limit=200, bench=True)
-    table = sweep(MODELS, ["fp32", "int8"], need(IMAGENETTE_VAL), out, say=print, **kw)
+def test_sweep_local_then_cached(local_sweep):
+    out, table, args = local_sweep
+    kw = {k: v for k, v in args.items() if k != "models"}
+    assert args["models"] == MODELS
     _check(out, table)
     said = []
     again = sweep(MODELS, ["fp32", "int8"], IMAGENETTE_VAL, out, say=said.append, **kw)
@@ -38,13 +39,18 @@ def test_sweep_local_then_cached(tmp_path):
 @pytest.mark.shared
 @pytest.mark.slow
 def test_sweep_on_local_ray(tmp_path):
+    """The same jobs dispatched to Ray workers (fp32 only: an int8 job is the same run_job, tested above)."""
     pytest.importorskip("ray")
     out = tmp_path / "ray"
-    table = sweep(MODELS, ["fp32", "int8"], need(IMAGENETTE_VAL), out, calib=need(IMAGENET_SAMPLE), count=40,
-                  limit=200, use_ray=True, say=print)
-    _check(out, table)
+    said = []
+    table = sweep(MODELS, ["fp32"], need(IMAGENETTE_VAL), out, limit=100, use_ray=True, say=said.append)
     import ray
     ray.shutdown()
+    assert [(r["model"], r["precision"], r["engine"]) for r in table] == [(m, "fp32", "onnxruntime") for m in MODELS]
+    jobs = [json.loads(p.read_text()) for p in sorted((out / "jobs").iterdir())]
+    assert [j["images"] for j in jobs] == [100, 100] and all(r["top1"] > 60 for r in table)
+    assert sum("done (ray)" in s for s in said) == 2
+    assert (out / "zoo_table.csv").exists() and (out / "pareto.png").exists()
 
 
 def test_sweep_bad_arguments(tmp_path):

@@ -1,13 +1,14 @@
-"""Engines: load an artifact, run a batch of preprocessed float32 NCHW arrays, return logits. An engine
+"""Engines: load a model file, run a batch of preprocessed float32 NCHW arrays, return logits. An engine
 with `accepts_uint8 = True` also takes the uint8 NHWC pixels before normalization and normalizes them
 itself (the GPU engine: a quarter of the bytes to send, and the arithmetic runs on the GPU).
 
-Each engine is a module with `load(artifact, threads=None, **options) -> Engine`; imported on demand so
-that a deployed machine only needs the engine it uses.
+Each engine is a module with `load(spec, threads=None, **options) -> Engine`, where `spec` is a RuntimeSpec (what
+it takes to run a model file), or the whole Artifact for an engine that sets NEEDS_ARTIFACT (torch-cuda rebuilds
+the network from the checkpoint the manifest names). Imported on demand: a deployed machine needs only its engine.
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
@@ -25,9 +26,24 @@ ENGINES = {
 }
 
 
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What an engine needs to run a model file, whether or not it sits in an artifact (a build times and checks
+    candidate graphs with these)."""
+    model_path: Path
+    precision: str = "fp32"  # what the manifest says the artifact is
+    inference_precision: Optional[str] = None  # f16 / bf16 an engine applies to an fp32 graph (OpenVINO)
+    built_for: Optional[str] = None  # the engine the build verified it with
+    graph_optimization: Optional[str] = None  # ONNX Runtime's level, where the build chose one
+
+    @classmethod
+    def of(cls, art: Artifact) -> "RuntimeSpec":
+        return cls(art.model_path, art.precision, art.inference_precision, art.manifest.engine,
+                   art.manifest.runtime.graph_optimization)
+
+
 class Engine(Protocol):
     name: str
-    artifact: Artifact
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> float32 logits (N, classes); where accepts_uint8, uint8 (N, H, W, 3) too."""
@@ -40,14 +56,6 @@ def accepts_uint8(engine: Engine) -> bool:
     return bool(getattr(engine, "accepts_uint8", False))
 
 
-def physical_cores() -> int:
-    """CPU cores this process may use (affinity-aware); the default thread count of CPU engines."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def installed_cpu_engines() -> list[str]:
     """The CPU engines importable here: ONNX Runtime (a dependency), then OpenVINO if installed."""
     return ["onnxruntime"] + (["openvino"] if find_spec("openvino") else [])
@@ -55,19 +63,31 @@ def installed_cpu_engines() -> list[str]:
 
 def engine_for(art: Artifact, engine: Optional[str] = None) -> str:
     """The engine asked for, else the one the artifact was built for (its manifest says), else ONNX Runtime."""
-    engine = engine or art.get("engine") or "onnxruntime"
+    return _known(engine or art.manifest.engine or "onnxruntime")
+
+
+def _known(engine: str) -> str:
     if engine not in ENGINES:
         raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
     return engine
 
 
-def load_engine(artifact: Union[str, Path, Artifact], engine: Optional[str] = None, threads: Optional[int] = None,
-                **options) -> Engine:
-    art = artifact if isinstance(artifact, Artifact) else Artifact.load(Path(artifact))
-    engine = engine_for(art, engine)
+def load_engine(target: Union[str, Path, Artifact, RuntimeSpec], engine: Optional[str] = None,
+                threads: Optional[int] = None, **options) -> Engine:
+    """`target`: an artifact (folder or loaded) or a RuntimeSpec; `engine`: as asked, else the one it was built for."""
+    if isinstance(target, RuntimeSpec):
+        art, spec = None, target
+        engine = _known(engine or spec.built_for or "onnxruntime")
+    else:
+        art = target if isinstance(target, Artifact) else Artifact.load(Path(target))
+        spec, engine = RuntimeSpec.of(art), engine_for(art, engine)
     try:
         module = import_module(ENGINES[engine])
     except ImportError as e:
         raise CvzooError(f"engine '{engine}' is not installed ({e.name or e}); "
                          f"pip install 'cvzoo[{engine.split('-')[0]}]'") from None
-    return module.load(art, threads=threads, **options)
+    if getattr(module, "NEEDS_ARTIFACT", False):
+        if art is None:
+            raise CvzooError(f"{spec.model_path}: engine '{engine}' runs a built artifact, not a bare model file")
+        return module.load(art, threads=threads, **options)
+    return module.load(spec, threads=threads, **options)

@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import Artifact
 from ..errors import CvzooError
+from . import RuntimeSpec
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -20,28 +20,27 @@ _OPT_LEVELS = {
 class OrtEngine:
     name = "onnxruntime"
 
-    def __init__(self, artifact: Artifact, threads: Optional[int] = None, providers: Sequence[str] = (),
+    def __init__(self, spec: RuntimeSpec, threads: Optional[int] = None, providers: Sequence[str] = (),
                  graph_optimization: Optional[str] = None):
-        from . import physical_cores
-        computes = artifact.inference_precision or ("bf16" if artifact.precision == "bf16" else None)
+        from ..machine import physical_cores
+        computes = spec.inference_precision or ("bf16" if spec.precision == "bf16" else None)
         if computes:  # the model file is the fp32 graph; another engine applies the precision
-            raise CvzooError(f"{artifact.folder}: built for {artifact.get('engine')} to compute in {computes} "
-                             f"(precision {artifact.precision}); ONNX Runtime would run its fp32 graph instead, not "
-                             f"what the build verified - use --engine {artifact.get('engine')}")
-        self.artifact = artifact
+            raise CvzooError(f"{spec.model_path.parent}: built for {spec.built_for} to compute in {computes} "
+                             f"(precision {spec.precision}); ONNX Runtime would run its fp32 graph instead, not "
+                             f"what the build verified - use --engine {spec.built_for}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or physical_cores()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = graph_optimization or artifact.get("runtime", {}).get("graph_optimization", "all")
+        level = graph_optimization or spec.graph_optimization or "all"
         opts.graph_optimization_level = _OPT_LEVELS[level]
         opts.log_severity_level = 3
         self.threads = opts.intra_op_num_threads
         try:
-            self.session = ort.InferenceSession(str(artifact.model_path), sess_options=opts,
+            self.session = ort.InferenceSession(str(spec.model_path), sess_options=opts,
                                                 providers=list(providers) or ["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise CvzooError(f"{artifact.model_path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+            raise CvzooError(f"{spec.model_path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self._input_type = self.session.get_inputs()[0].type
@@ -55,5 +54,5 @@ class OrtEngine:
         self.session = None
 
 
-def load(artifact: Artifact, threads: Optional[int] = None, **options) -> OrtEngine:
-    return OrtEngine(artifact, threads=threads, **options)
+def load(spec: RuntimeSpec, threads: Optional[int] = None, **options) -> OrtEngine:
+    return OrtEngine(spec, threads=threads, **options)

@@ -13,6 +13,8 @@ import numpy as np
 from ..artifact import Artifact
 from ..errors import CvzooError
 
+NEEDS_ARTIFACT = True  # it rebuilds the network from the checkpoint the manifest names, not from the ONNX file
+
 
 def require_cuda():
     import torch
@@ -208,20 +210,17 @@ def source_model_of(artifact: Artifact):
     """Rebuild the PyTorch model the artifact was exported from: its checkpoint (checked against the
     recorded sha256) or the same seeded random init."""
     from ..artifact import sha256
-    from ..card import ModelCard
     from ..export import source_model
-    manifest = artifact.manifest
-    card = ModelCard(**manifest["card"])
-    recorded = manifest.get("weights") or {}
+    recorded = artifact.manifest.weights
     weights = None
-    if "path" in recorded:
-        weights = Path(recorded["path"])
+    if recorded.path:
+        weights = Path(recorded.path)
         if not weights.is_file():
             raise CvzooError(f"{artifact.folder}: engine 'torch-cuda' rebuilds the network from the checkpoint it "
                              f"was exported from, {weights}, which is not on this machine")
-        if sha256(weights) != recorded.get("sha256"):
+        if sha256(weights) != recorded.sha256:
             raise CvzooError(f"{artifact.folder}: checkpoint {weights} changed since export (sha256 differs)")
-    return source_model(card, weights, manifest["preprocessing"]["input_size"])
+    return source_model(artifact.manifest.card, weights, artifact.preprocessing.input_size)
 
 
 def load(artifact: Artifact, threads: Optional[int] = None, **options) -> TorchCudaEngine:

@@ -18,16 +18,17 @@ import numpy as np
 
 from ..buildconfig import BuildConfig
 from ..machine import has_vnni, machine_info
-from ..runners import model_runner, run_logits, time_runners
-from .forms import PER_IMAGE_MODES, Int8Form, candidates, quantize
+from ..runners import compiled_runner, in_batches, model_runner, run_logits, time_runners
+from .forms import PER_IMAGE_MODES, Int8Form, calibrated_ops, candidates, quantize
 from .graph import classifier
 from .guard import Fidelity, fit_temperature, measure_fidelity
 from .recovery import bias_correction, equalizable_pairs, equalize
-from .sensitivity import rank_sensitivity
+from .sensitivity import layer_sqnr, rank_sensitivity
 from .stats import ImageRanges, image_ranges, outlier_note
 
 Say = Callable[[str], None]
 RANKING_IMAGES = 32  # held-out images the node ranking runs on (one small graph per node)
+LAYER_ERROR_IMAGES = 16  # held-out images the per-layer error of the report is measured on
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Plan:
     outputs: Optional[bool] = None  # Q/DQ placement: None = the engine's forms, False = on conv inputs only
     equalized: bool = False
     bias_corrected: bool = False
+    uncorrected: Optional[Path] = None  # the float graph before bias correction, to correct again for new weights
 
     def describe(self) -> dict:
         return {"ranges": self.ranges, "weights": list(self.weights), "outputs": self.outputs,
@@ -50,6 +52,10 @@ class Attempt:
     path: Path
     form: Int8Form
     fidelity: Fidelity
+    int8_layers: tuple[int, int] = (0, 0)  # (conv/matmul layers the engine computes in int8, all of them)
+
+    def runs_less_int8_than(self, other: "Attempt") -> bool:
+        return self.int8_layers[0] < other.int8_layers[0]
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Int8Build:
     form_timings_b8_s: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)  # fp32 and the chosen form at b1 and b8
     outliers: list[dict] = field(default_factory=list)
+    int8_layers: tuple[int, int] = (0, 0)  # of the chosen form, as the engine compiled it
+    layer_sqnr: list[dict] = field(default_factory=list)  # accumulated error per layer, for the report
 
     @property
     def speedup(self) -> dict:
@@ -76,14 +84,15 @@ class Int8Build:
 
 
 def weight_family(pinned: str, target_cpu: str) -> tuple[str, ...]:
-    """auto: s8 and its 7-bit variant, 7-bit first (the reference the recovery steps measure) where the CPU has no
-    VNNI and full-range s8 would saturate; s8 is still timed and checked there, on the kernels that saturate. For
-    another CPU without VNNI (target_cpu no_vnni on a VNNI machine) s8 is not offered: it cannot be checked here."""
+    """auto: with VNNI, s8 only (7-bit weights run the same dot-product instruction there and only lose precision,
+    so timing them would pick between equals by noise). Without VNNI, 7-bit first (the reference the recovery steps
+    measure), since full-range s8 can saturate ONNX Runtime's kernels there; s8 is still checked on those kernels.
+    For another CPU without VNNI (target_cpu no_vnni on a VNNI machine) s8 is not offered: it cannot be checked here."""
     if pinned != "auto":
         return (pinned,)
     if not has_vnni():
         return ("s7", "s8")
-    return ("s7",) if target_cpu == "no_vnni" else ("s8", "s7")
+    return ("s7",) if target_cpu == "no_vnni" else ("s8",)
 
 
 def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequence[Path], held: np.ndarray,
@@ -100,7 +109,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     keep_float = list(q.exclude) + ([head] if head else [])
     ref = run_logits(fp32, held)
     temperature = fit_temperature(ref, held_labels) if held_labels is not None else 1.0
-    stats: dict[Path, ImageRanges] = {prepped: image_ranges(prepped, calib, q.op_types)}
+    stats: dict[Path, ImageRanges] = {prepped: image_ranges(prepped, calib, calibrated_ops(q.op_types))}
     outliers = stats[prepped].outliers(calib_files)
     if outliers:
         say(outlier_note(outliers, q.calibrate_mode))
@@ -112,7 +121,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
         if plan.ranges in PER_IMAGE_MODES and not cache.exists():
             from .stats import write_ort_cache
             if plan.float_model not in stats:
-                stats[plan.float_model] = image_ranges(plan.float_model, calib, q.op_types)
+                stats[plan.float_model] = image_ranges(plan.float_model, calib, calibrated_ops(q.op_types))
             s = stats[plan.float_model]
             write_ort_cache(cache, s.tensors, *s.ranges(plan.ranges))
         return cache  # for ORT's own calibrators: written by quantize() on first use
@@ -123,13 +132,17 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
                  q.symmetric_activations, ranges_cache(plan), reader, plan.ranges, q.percentile)
         return out
 
-    def qdq_graph(plan: Plan, current: Attempt) -> Path:
-        """The current attempt as a QDQ graph (bias correction and the node ranking read its Q/DQ pairs)."""
-        return current.path if current.form.format == "qdq" else write(plan, replace(current.form, format="qdq"))
+    def qdq_graph(plan: Plan, form: Int8Form, written: Optional[Path] = None, exclude: Sequence[str] = ()) -> Path:
+        """`plan` in `form` as a QDQ graph that still holds every float op (bias correction, the node ranking and the
+        layer error rebuild the float network from it); `written`: that graph already written in `form`."""
+        if written is not None and form.format == "qdq" and not (form.outputs and form.fuse_activations):
+            return written
+        return write(plan, replace(form, format="qdq", fuse_activations=False), exclude)
 
     def realize(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Attempt:
         out = write(plan, form, exclude)
-        return Attempt(out, form, measure_fidelity(ref, run_logits(out, held, engine=engine), held_labels, temperature))
+        run, layers = compiled_runner(out, engine)
+        return Attempt(out, form, measure_fidelity(ref, in_batches(run, held), held_labels, temperature), layers)
 
     def ok(f: Fidelity) -> bool:
         return f.passes(g.max_top1_drop, g.min_agreement)
@@ -151,8 +164,14 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
             new_plan, note = trial
             form = candidates(engine, q.format, new_plan.weights[:1], new_plan.outputs)[0]
             attempt = realize(new_plan, form)
-            kept = attempt.fidelity.kl < current.fidelity.kl
-            steps.append({"step": step, "kept": kept, "note": note, "fidelity": attempt.fidelity.as_dict()})
+            # a step that makes the engine compute layers in float is a way back to fp32, not a recovery
+            floats = attempt.runs_less_int8_than(current)
+            kept = attempt.fidelity.kl < current.fidelity.kl and not floats
+            if floats:
+                note += (f"; {engine} computes only {attempt.int8_layers[0]} of {attempt.int8_layers[1]} layers of it "
+                         f"in int8 (was {current.int8_layers[0]})")
+            steps.append({"step": step, "kept": kept, "note": note, "fidelity": attempt.fidelity.as_dict(),
+                          "int8_layers": list(attempt.int8_layers)})
             say(f"recovery {step} ({note}): {attempt.fidelity.summary()} -> {'kept' if kept else 'dropped'}")
             if kept:
                 plan, current = new_plan, attempt
@@ -176,23 +195,32 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     t8 = time_runners(runners, (8, *shape[1:]), rounds=3)
     # a form fast at b1 can be slow at b8 (ORT's QOperator form): per-image times of both, geometric mean
     cost = {k: float(np.sqrt(t1[k] * t8[k] / 8)) for k in runners}
-    eligible = [a for a in attempts.values() if not g.enabled or not passed or ok(a.fidelity)]
+    most_int8 = max(a.int8_layers[0] for a in attempts.values())  # a form the engine runs partly in float is not offered
+    eligible = [a for a in attempts.values() if a.int8_layers[0] == most_int8
+                and (not g.enabled or not passed or ok(a.fidelity))]
     if g.enabled and not passed:  # nothing passes: the most accurate, for the report (and --accept-degraded)
         chosen = min(eligible, key=lambda a: (a.fidelity.expected_drop, a.fidelity.kl))
     else:
         chosen = min(eligible, key=lambda a: cost[a.form.label])
     for k, a in attempts.items():
-        say(f"int8 form {k}: {1000 * t1[k]:.2f} / {1000 * t8[k]:.2f} ms at b1 / b8 ({engine}), {a.fidelity.summary()}"
+        say(f"int8 form {k}: {1000 * t1[k]:.2f} / {1000 * t8[k]:.2f} ms at b1 / b8 ({engine}), {a.int8_layers[0]} of "
+            f"{a.int8_layers[1]} layers in int8, {a.fidelity.summary()}"
             + ("" if not g.enabled or ok(a.fidelity) else " (misses the target)"))
     final = {"fp32_b1": t1["fp32"], "int8_b1": t1[chosen.form.label], "fp32_b8": t8["fp32"],
              "int8_b8": t8[chosen.form.label]}
     result = Int8Build(chosen.path, chosen.form, plan, excluded, head, chosen.fidelity, before, passed, steps, trials,
                        {k: round(v, 6) for k, v in t1.items()}, {k: round(v, 6) for k, v in t8.items()},
-                       {k: round(v, 6) for k, v in final.items()}, outliers)
+                       {k: round(v, 6) for k, v in final.items()}, outliers, chosen.int8_layers,
+                       layer_sqnr(plan.float_model, qdq_graph(plan, chosen.form, chosen.path, excluded),
+                                  held[:LAYER_ERROR_IMAGES], q.op_types))
+    n8, n = chosen.int8_layers
     say(f"int8 chosen: {chosen.form.label}, {result.speedup['b1']:.2f}x fp32 at b1 and {result.speedup['b8']:.2f}x at "
-        f"b8 ({engine}); {chosen.fidelity.summary()}"
+        f"b8 ({engine}); {engine} computes {n8} of {n} conv/matmul layers in int8; {chosen.fidelity.summary()}"
         + (f"; {len(excluded)} nodes in float: {', '.join(excluded[:6])}{' ...' if len(excluded) > 6 else ''}"
            if excluded else "; every node quantized but the classifier"))
+    if n and n8 < n / 2:
+        say(f"note: {engine} computes most layers of this graph in float ({n - n8} of {n}): the Q/DQ pairs it does not "
+            "fuse into int8 kernels only round the values (a form pinned by the config?)")
     if result.speedup["b1"] < 1.0:
         why = f"{len(excluded)} nodes kept in float add conversions" if excluded else ""
         if not has_vnni() or q.target_cpu == "no_vnni":
@@ -203,7 +231,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
 
 
 def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray, q,
-          qdq_graph) -> Optional[tuple[Plan, str]]:
+          qdq_graph: Callable[..., Path]) -> Optional[tuple[Plan, str]]:
     """The plan with one recovery step applied, and a word on what it did; None where it does not apply."""
     import onnx
     if step == "ranges":
@@ -224,14 +252,21 @@ def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray
     if step == "bias_correction":
         if plan.bias_corrected:
             return None
-        qdq = qdq_graph(plan, current)
         out = work / f"{plan.float_model.stem}-bc.onnx"
-        n = bias_correction(plan.float_model, qdq, calib, out)
-        return replace(plan, float_model=out, bias_corrected=True), f"{n} biases"
+        n = bias_correction(plan.float_model, qdq_graph(plan, current.form, current.path), calib, out)
+        return replace(plan, float_model=out, bias_corrected=True, uncorrected=plan.float_model), f"{n} biases"
     if step == "weights_u8":
         if plan.weights == ("u8",) or q.weights != "auto":
             return None
-        return replace(plan, weights=("u8",)), "asymmetric u8 weights, a u8 x u8 kernel"
+        u8 = replace(plan, weights=("u8",))
+        if not plan.bias_corrected:
+            return u8, "asymmetric u8 weights, a u8 x u8 kernel"
+        # the corrections answer the old weights' rounding errors: fitted again to u8's, from the uncorrected graph
+        u8 = replace(u8, float_model=plan.uncorrected, bias_corrected=False, uncorrected=None)
+        out = work / f"{plan.uncorrected.stem}-u8-bc.onnx"
+        n = bias_correction(u8.float_model, qdq_graph(u8, replace(current.form, weights="u8")), calib, out)
+        return (replace(u8, float_model=out, bias_corrected=True, uncorrected=u8.float_model),
+                f"asymmetric u8 weights, a u8 x u8 kernel; {n} biases corrected again for them")
     raise ValueError(f"unknown recovery step {step}")
 
 
@@ -239,7 +274,7 @@ def _exclusion_search(plan: Plan, current: Attempt, realize, qdq_graph, ok, held
                       say: Say) -> tuple[Attempt, list[str], list[dict]]:
     """The fewest most sensitive nodes in float that meet the target: all of max_excluded first (where even that
     misses, the search would requantize ~7 times to end at the same place), then doubling and bisection."""
-    qdq = qdq_graph(plan, current)  # the ranking's graph surgery needs the QDQ graph
+    qdq = qdq_graph(plan, current.form, current.path)  # the ranking's graph surgery needs the QDQ graph
     ranked = [n for n, _ in rank_sensitivity(plan.float_model, qdq, held[:RANKING_IMAGES], q.op_types)]
     ranked = ranked[: g.max_excluded]
     say(f"guard: still below target; searching the fewest of the {len(ranked)} most sensitive nodes to keep in float")
@@ -280,7 +315,8 @@ def manifest_sections(r: Int8Build, cfg: BuildConfig, engine: str) -> dict:
                          "weights_chosen": r.form.weights, "quantize_outputs_chosen": r.form.outputs,
                          "measured_with": engine, "plan": r.plan.describe(), "excluded_nodes": r.excluded,
                          "float_head": r.float_head, "steps": r.steps, "form_timings_b1_s": r.form_timings_b1_s,
-                         "form_timings_b8_s": r.form_timings_b8_s,
+                         "int8_layers_at_runtime": {"int8": r.int8_layers[0], "all": r.int8_layers[1]},
+                         "form_timings_b8_s": r.form_timings_b8_s, "layer_sqnr_db": r.layer_sqnr,
                          "timings_s": r.timings_s, "speedup_vs_fp32": r.speedup, "machine": machine_info()},
         "guard": {**cfg.guard.model_dump(), "labelled": r.fidelity.labelled, "calibration_outliers": r.outliers,
                   "tolerance": r.fidelity.tolerance(cfg.guard.max_top1_drop),

@@ -124,3 +124,33 @@ def rank_sensitivity(fp32_path: Path, qdq_path: Path, arrays: np.ndarray,
     scale = float(np.mean(ref ** 2)) or 1.0
     scores = [(t, float(np.mean((logits(t) - ref) ** 2)) / scale) for t in targets]
     return sorted(scores, key=lambda kv: -kv[1])
+
+
+def layer_sqnr(fp32_path: Path, qdq_path: Path, arrays: np.ndarray, op_types: list[str]) -> list[dict]:
+    """Per quantized layer, in graph order, the SQNR (dB) of its output in the int8 graph against fp32 on `arrays`:
+    the error accumulated up to that layer (Hailo's layer noise analysis shows the same). For the build report;
+    the QDQ graph runs unfused (ORT's optimizations off), the int8 arithmetic simulated in float."""
+    import onnx
+    import onnxruntime as ort
+    fm, qm = onnx.load(str(fp32_path)), onnx.load(str(qdq_path))
+    float_outputs = {o for n in fm.graph.node for o in n.output}
+    layers = [(n.name or n.output[0], n.op_type, n.output[0]) for n in qm.graph.node
+              if (not op_types or n.op_type in op_types) and n.output[0] in float_outputs]
+    if not layers:
+        return []
+
+    def run(model) -> list[np.ndarray]:
+        have = {o.name for o in model.graph.output}
+        model.graph.output.extend(onnx.ValueInfoProto(name=t) for _, _, t in layers if t not in have)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        return sess.run([t for _, _, t in layers], {sess.get_inputs()[0].name: arrays})
+
+    ref, got = run(fm), run(qm)
+    out = []
+    for (name, op, _), r, g in zip(layers, ref, got):
+        noise = float(np.sum((r.astype(np.float64) - g) ** 2))
+        signal = float(np.sum(r.astype(np.float64) ** 2))
+        out.append({"node": name, "op": op, "sqnr_db": round(10 * np.log10(signal / noise), 2) if noise > 0 else None})
+    return out

@@ -1,0 +1,55 @@
+"""`cvzoo serve`: built artifacts as a network service (KServe v2 over HTTP, a convenience upload endpoint, Prometheus
+metrics, a web page), with dynamic batching over K engine instances per model. `load_models` + `create_app` are the
+Python API; `serve` runs them with uvicorn."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..errors import CvzooError
+from .app import Served, create_app
+from .batcher import Batcher
+
+__all__ = ["Served", "create_app", "load_models", "serve"]
+
+
+def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None, instances: int = 1,
+                threads: Optional[int] = None, max_batch: int = 8, max_delay_ms: float = 2.0,
+                verify_hashes: bool = True, random_init: bool = False) -> list[Served]:
+    """Each artifact (or zoo name, exported once) loaded with `instances` engine instances; refused in one line if
+    its files do not match its manifest."""
+    from ..artifact import Artifact
+    from ..engines import load_engine
+    from ..machine import physical_cores
+    from ..predict import artifact_for, require_weights
+    if instances < 1:
+        raise CvzooError(f"--instances must be >= 1, got {instances}")
+    if max_batch < 1 or max_delay_ms < 0:
+        raise CvzooError("--max-batch must be >= 1 and --max-delay-ms >= 0")
+    threads = threads or max(1, physical_cores() // instances)
+    served: list[Served] = []
+    for m in models:
+        art = require_weights(Artifact.load(artifact_for(m, random_init=random_init), verify_hashes=verify_hashes),
+                              random_init)
+        name = art.name
+        if any(s.name == name for s in served):
+            name = f"{art.name}-{art.precision}"
+        if any(s.name == name for s in served):
+            raise CvzooError(f"{m}: a second {name}; serve one artifact per model and precision")
+        engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
+        served.append(Served(name, art, Batcher(engines, max_batch, max_delay_ms)))
+    return served
+
+
+def serve(models: Sequence[Union[str, Path]], host: str = "127.0.0.1", port: int = 8000, engine: Optional[str] = None,
+          instances: int = 1, threads: Optional[int] = None, max_batch: int = 8, max_delay_ms: float = 2.0,
+          max_body_mb: float = 64.0, verify_hashes: bool = True, random_init: bool = False, say=print) -> None:
+    """Serve until SIGINT/SIGTERM; on either, requests in flight are answered before exit."""
+    import uvicorn
+    served = load_models(models, engine, instances, threads, max_batch, max_delay_ms, verify_hashes, random_init)
+    app = create_app(served, max_body_mb=max_body_mb)
+    for s in served:
+        say(f"serving {s.name} ({s.artifact.precision}, {s.artifact.folder}): {instances} instance(s), batches up to "
+            f"{max_batch} within {max_delay_ms:g} ms")
+    say(f"http://{host}:{port}/ (page), /v2 (KServe v2), /v1/predict, /metrics")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

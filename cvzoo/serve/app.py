@@ -1,0 +1,310 @@
+"""The HTTP service: KServe v2 (`/v2/...`), `POST /v1/predict` (uploaded images -> predict's JSON), Prometheus
+`/metrics` and a web page at `/`. Built with FastAPI; run by uvicorn (`serve`)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..artifact import Artifact
+from ..postprocess import Prediction, predictions_from_logits, softmax, topk
+from ..preprocess import decode
+from .batcher import BatchStats, Batcher, EngineError
+from .protocol import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
+
+OUTPUTS = ("logits", "probabilities", "topk_indices", "topk_probabilities", "topk_names")
+DEFAULT_TOPK = 5
+
+
+@dataclass
+class Served:
+    """One artifact behind the service."""
+    name: str
+    artifact: Artifact
+    batcher: Batcher
+
+    @property
+    def size(self) -> int:
+        return self.artifact.preprocessing.input_size
+
+    @property
+    def classes(self) -> list[str]:
+        return self.artifact.class_names
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cvzoo_requests", "Requests by model, endpoint and HTTP status",
+                                ["model", "endpoint", "status"], registry=r)
+        self.latency = Histogram("cvzoo_request_seconds", "Request latency, arrival to answer", ["model"], registry=r,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.queue = Histogram("cvzoo_queue_seconds", "Time a request waited for its batch", ["model"], registry=r,
+                               buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.batch = Histogram("cvzoo_batch_size", "Images per engine batch", ["model"], registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.images = Counter("cvzoo_images", "Images answered (images/s: its rate)", ["model"], registry=r)
+        self.engine_errors = Counter("cvzoo_engine_errors", "Engine batches that failed", ["model"], registry=r)
+        self.in_flight = Gauge("cvzoo_requests_in_flight", "Requests received and not yet answered", ["model"],
+                               registry=r)
+
+    def stats(self, model: str) -> BatchStats:
+        return BatchStats(on_batch=self.batch.labels(model).observe, on_queue_wait=self.queue.labels(model).observe,
+                          on_engine_error=self.engine_errors.labels(model).inc)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_body_mb: float = 64.0,
+               decode_workers: int = 4) -> FastAPI:
+    models = {s.name: s for s in served}
+    metrics = metrics or Metrics()
+    for s in served:  # the batchers report to this app's metrics
+        s.batcher.stats = metrics.stats(s.name)
+    decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="cvzoo-decode")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for s in served:
+            s.batcher.start()
+        yield
+        # uvicorn has answered every request in flight by now (SIGTERM: no new connections, open ones finish)
+        for s in served:
+            await s.batcher.drain()
+        decoder.shutdown(wait=True)
+
+    app = FastAPI(title="cvzoo serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 1024 * 1024))
+    app.state.models, app.state.metrics = models, metrics
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(request: Request, e: HTTPError):
+        return JSONResponse({"error": e.message}, status_code=e.status)
+
+    def model(name: str) -> Served:
+        if name not in models:
+            raise HTTPError(404, f"unknown model '{name}' (serving: {', '.join(models)})")
+        return models[name]
+
+    async def answer(s: Served, endpoint: str, work):
+        t0 = time.perf_counter()
+        status = 200
+        metrics.in_flight.labels(s.name).inc()
+        try:
+            return await work()
+        except HTTPError as e:
+            status = e.status
+            raise
+        except EngineError as e:
+            status = 500
+            raise HTTPError(500, str(e)) from None
+        finally:
+            metrics.in_flight.labels(s.name).dec()
+            metrics.requests.labels(s.name, endpoint, str(status)).inc()
+            metrics.latency.labels(s.name).observe(time.perf_counter() - t0)
+
+    async def images_to_arrays(s: Served, items: list[tuple[str, bytes]]) -> list:
+        """Decoded and preprocessed like `predict`, in the decode pool: an array or an error line per image."""
+        loop = asyncio.get_running_loop()
+        pre = s.artifact.preprocessing
+        done = await asyncio.gather(*(loop.run_in_executor(decoder, decode, Path(name), pre, False, data)
+                                      for name, data in items))
+        return [d.array if d.error is None else d.error for d in done]
+
+    async def run_rows(s: Served, x: np.ndarray) -> np.ndarray:
+        out = await s.batcher.infer(np.ascontiguousarray(x, dtype=np.float32))
+        metrics.images.labels(s.name).inc(len(x))
+        return out
+
+    # ------------------------------------------------------------------ KServe v2
+    @app.get("/v2")
+    async def server_metadata():
+        from .. import __version__
+        return {"name": "cvzoo", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+
+    @app.get("/v2/health/live")
+    async def live():
+        return Response(status_code=200)
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return Response(status_code=200 if all(s.batcher.workers for s in served) else 503)
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: Optional[str] = None):
+        s = model(name)
+        a = s.artifact
+        n = len(s.classes)
+        return {"name": s.name, "versions": ["1"], "platform": f"cvzoo_{a.manifest.engine or 'onnxruntime'}",
+                "inputs": [{"name": a.input_name, "datatype": "FP32", "shape": [-1, 3, s.size, s.size]},
+                           {"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+                            {"name": "topk_indices", "datatype": "INT64", "shape": [-1, -1]},
+                            {"name": "topk_probabilities", "datatype": "FP32", "shape": [-1, -1]},
+                            {"name": "topk_names", "datatype": "BYTES", "shape": [-1, -1]}],
+                "parameters": {"precision": a.precision, "preprocessing": a.preprocessing.model_dump(mode="json"),
+                               "topk_default": DEFAULT_TOPK}}
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: Optional[str] = None):
+        return Response(status_code=200 if model(name).batcher.workers else 503)
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: Optional[str] = None):
+        s = model(name)
+        body = await request.body()
+
+        async def work():
+            try:
+                header, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
+                x = await v2_input(s, tensors)
+            except ProtocolError as e:
+                raise HTTPError(400, str(e)) from None
+            logits = await run_rows(s, x)
+            return v2_response(s, header, logits)
+        return await answer(s, "v2_infer", work)
+
+    async def v2_input(s: Served, tensors: list[Tensor]) -> np.ndarray:
+        if len(tensors) != 1:
+            raise ProtocolError(f"one input expected ('{s.artifact.input_name}' FP32 or 'image' BYTES), got "
+                                f"{len(tensors)}")
+        t = tensors[0]
+        if t.datatype == "BYTES":
+            arrays = await images_to_arrays(s, [(f"{t.name}[{i}]", b) for i, b in enumerate(t.value)])
+            bad = [a for a in arrays if isinstance(a, str)]
+            if bad:
+                raise ProtocolError(bad[0])
+            if not arrays:
+                raise ProtocolError(f"input '{t.name}': no images")
+            return np.stack(arrays)
+        want = [3, s.size, s.size]
+        if t.datatype != "FP32":
+            raise ProtocolError(f"input '{t.name}': datatype {t.datatype}, expected FP32 (or BYTES images)")
+        if len(t.shape) != 4 or t.shape[1:] != want or t.shape[0] < 1:
+            raise ProtocolError(f"input '{t.name}': shape {t.shape}, expected [N, {', '.join(map(str, want))}]")
+        return t.value
+
+    def v2_response(s: Served, header: dict, logits: np.ndarray) -> Response:
+        k = (header.get("parameters") or {}).get("topk", DEFAULT_TOPK)
+        if not isinstance(k, int) or k < 1:
+            raise HTTPError(400, f"parameters.topk must be a positive integer, got {k!r}")
+        asked = header.get("outputs") or [{"name": n} for n in OUTPUTS]
+        probs = softmax(logits).astype(np.float32)
+        idx, val = topk(probs, k)
+        names = np.array([[s.classes[i].encode() for i in row] for row in idx], dtype=object)
+        full = {"logits": ("FP32", logits.astype(np.float32)), "probabilities": ("FP32", probs),
+                "topk_indices": ("INT64", idx.astype(np.int64)), "topk_probabilities": ("FP32", val.astype(np.float32)),
+                "topk_names": ("BYTES", names)}
+        outputs, binary = [], set()
+        for o in asked:
+            oname = o.get("name") if isinstance(o, dict) else None
+            if oname not in full:
+                raise HTTPError(400, f"unknown output {oname!r} (outputs: {', '.join(OUTPUTS)})")
+            dtype, arr = full[oname]
+            cls = (o.get("parameters") or {}).get("classification")
+            if cls:  # Triton's classification extension: "value:index:label", best first
+                if oname not in ("logits", "probabilities"):
+                    raise HTTPError(400, f"classification applies to logits or probabilities, not {oname}")
+                ci = topk(arr, int(cls))[0]
+                arr = np.array([[f"{v:f}:{i}:{s.classes[i]}".encode() for i, v in zip(ri, rv)]
+                                for ri, rv in zip(ci, np.take_along_axis(arr, ci, -1))], dtype=object)
+                dtype = "BYTES"
+            if (o.get("parameters") or {}).get("binary_data"):
+                binary.add(oname)
+            outputs.append((oname, dtype, arr))
+        body, headers = encode_response(s.name, header.get("id"), outputs, binary)
+        return Response(body, headers=headers, media_type="application/octet-stream" if binary else "application/json")
+
+    # ------------------------------------------------------------------ convenience and the page
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        try:
+            form = await request.form()
+        except BodyLimit.TooLarge:
+            raise
+        except Exception as e:  # not multipart, or a malformed one
+            raise HTTPError(400, f"expected multipart/form-data with image files: {e}") from None
+        name = form.get("model") or next(iter(models))
+        s = model(str(name))
+        k = str(form.get("topk") or DEFAULT_TOPK)
+        if not k.isdigit() or int(k) < 1:
+            raise HTTPError(400, f"topk must be a positive integer, got '{k}'")
+        k = int(k)
+        files = [f for key, f in form.multi_items() if key in ("file", "files") and hasattr(f, "read")]
+
+        async def work():
+            if not files:
+                raise HTTPError(400, "no image files in the form (field 'file' or 'files')")
+            items = [(f.filename or "upload", await f.read()) for f in files]
+            t0 = time.perf_counter()
+            arrays = await images_to_arrays(s, items)
+            good = [a for a in arrays if not isinstance(a, str)]
+            if not good:
+                raise HTTPError(400, arrays[0])
+            logits = await run_rows(s, np.stack(good))
+            names = [name for (name, _), a in zip(items, arrays) if not isinstance(a, str)]
+            preds = iter(predictions_from_logits(names, logits, s.classes, k))
+            rows = [Prediction(name, [], [], [], error=a).as_dict() if isinstance(a, str) else next(preds).as_dict()
+                    for (name, _), a in zip(items, arrays)]
+            return {"model": s.name, "predictions": rows, "latency_ms": round(1000 * (time.perf_counter() - t0), 2)}
+        return await answer(s, "v1_predict", work)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        from .page import render
+        return render(list(models))
+
+    return app
+
+
+class BodyLimit:
+    """Refuses a request body over the limit with 413, whether Content-Length says so or the stream shows it."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        message = f"request body over --max-body-mb ({self.max_bytes} bytes)"
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyLimit.TooLarge()
+            return msg
+        try:
+            await self.app(scope, counted, send)
+        except BodyLimit.TooLarge:
+            await JSONResponse({"error": message}, status_code=413)(scope, receive, send)

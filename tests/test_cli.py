@@ -1,0 +1,59 @@
+"""What a newcomer meets at the command line: random weights are never silent, a missing extra is one line, and
+tables survive pipes."""
+import csv
+import io
+import json
+import subprocess
+import sys
+
+from cvzoo.card import list_models
+from cvzoo.datasets import demo_images
+
+
+def _cvzoo(*argv, block=()):
+    """The CLI in a fresh process, stdout a pipe (not a terminal); `block`: modules that fail to import there."""
+    code = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in block) + \
+        "from cvzoo.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True)
+
+
+def test_list_through_a_pipe_keeps_every_name_whole():
+    names = [c.name for c in list_models()]
+    plain = _cvzoo("list")
+    assert plain.returncode == 0
+    first_column = [line.split()[0] for line in plain.stdout.splitlines()[1:]]
+    assert first_column == names  # one line per card, no name cut or wrapped
+    rows = list(csv.DictReader(io.StringIO(_cvzoo("list", "--format", "csv").stdout)))
+    assert [r["name"] for r in rows] == names and {"family", "arch", "input", "top1"} <= set(rows[0])
+    data = json.loads(_cvzoo("list", "--family", "dla", "--format", "json").stdout)
+    assert data and all(r["family"] == "dla" for r in data)
+    bad = _cvzoo("list", "--format", "yaml")
+    assert bad.returncode == 2 and "--format must be one of table, plain, csv, json" in bad.stderr
+
+
+def test_random_weights_are_refused_unless_asked_for(artifacts):
+    photo = demo_images()[0]
+    name = _cvzoo("predict", "dla46_c", photo)
+    assert name.returncode == 2 and name.stderr.count("error:") == 1
+    assert "dla46_c: no weights given and the card has none; pass --weights PATH, or --random-init" in \
+        " ".join(name.stderr.split())
+    art = artifacts("dla46_c", weights=None)
+    for argv in (["predict", art, photo], ["eval", art, photo.parent, "-o", art.parent / "never"]):
+        run = _cvzoo(*argv)
+        assert run.returncode == 2 and "exported without weights (random init)" in " ".join(run.stderr.split())
+    ok = _cvzoo("predict", art, photo, "--random-init", "-q")
+    assert ok.returncode == 0 and "1 images predicted" in ok.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_it():
+    """A deploy-only install (no torch): the model side says what to install; a built artifact still runs."""
+    for argv in (["export", "dla34"], ["predict", "tf_efficientnet_lite0", demo_images()[0]]):
+        run = _cvzoo(*argv, block=("torch", "timm"))
+        err = " ".join(run.stderr.split())
+        assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("error:") == 1, err
+        assert "needs torch, which is not installed: pip install 'cvzoo[models]'" in err
+        assert "a built artifact runs without it" in err
+    run = _cvzoo("serve", "tf_efficientnet_lite0", block=("fastapi",))
+    err = " ".join(run.stderr.split())
+    assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("error:") == 1, err
+    assert "needs fastapi, which is not installed: pip install 'cvzoo[serve]'" in err

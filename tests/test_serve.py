@@ -1,0 +1,263 @@
+"""`cvzoo serve` as a user runs it: a real server process on the loopback address, spoken to by standard clients
+(tritonclient's HTTP client, httpx, a headless browser); bad input, engine faults, SIGTERM and a modified artifact."""
+import json
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from cvzoo.datasets import demo_images  # noqa: E402
+from cvzoo.engines import load_engine  # noqa: E402
+from cvzoo.predict import Predictor  # noqa: E402
+from cvzoo.preprocess import preprocess_image  # noqa: E402
+from tests.conftest import open_page  # noqa: E402
+
+LITE0 = "tf_efficientnet_lite0"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args):
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "cvzoo", "serve", *map(str, args), "--port", str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(artifacts):
+    s = Server(artifacts(LITE0), "--instances", "2", "--max-batch", "8", "--max-delay-ms", "20", "--max-body-mb", "4")
+    yield s
+    assert s.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful shutdown
+
+
+def _pixels(files):
+    from cvzoo.card import get_card
+    return np.stack([preprocess_image(f, get_card(LITE0).preprocessing) for f in files]).astype(np.float32)
+
+
+def test_tritonclient_speaks_to_it(server, artifacts):
+    import tritonclient.http as tc
+    client = tc.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(LITE0)
+    meta = client.get_model_metadata(LITE0)
+    assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}
+    files = demo_images()[:3]
+    x = _pixels(files)
+    want = load_engine(artifacts(LITE0)).run(x)
+    for binary, n in ((True, 3), (False, 1)):  # the binary tensor extension (tritonclient's default), plain JSON
+        inp = tc.InferInput("input", [n, *x.shape[1:]], "FP32")
+        inp.set_data_from_numpy(x[:n], binary_data=binary)
+        res = client.infer(LITE0, [inp], outputs=[tc.InferRequestedOutput("logits", binary_data=binary)])
+        np.testing.assert_allclose(res.as_numpy("logits"), want[:n], atol=1e-4)
+    # encoded images in, classification out: decoded and preprocessed exactly as `predict` does
+    img = tc.InferInput("image", [len(files)], "BYTES")
+    img.set_data_from_numpy(np.array([f.read_bytes() for f in files], dtype=np.object_))
+    res = client.infer(LITE0, [img], outputs=[tc.InferRequestedOutput("probabilities", class_count=5)])
+    top = res.as_numpy("probabilities")
+    pred = Predictor(artifacts(LITE0))
+    for f, row in zip(files, top):
+        p = pred.predict(f)
+        value, index, label = row[0].decode().split(":", 2)
+        assert int(index) == p.ids[0] and label == p.names[0] and abs(float(value) - p.probs[0]) < 1e-4
+
+
+def test_v1_predict_matches_predict(server, artifacts):
+    files = demo_images()
+    r = httpx.post(server.url + "/v1/predict", files=[("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files],
+                   data={"topk": "3"}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    want = list(Predictor(artifacts(LITE0)).predict_paths(files, topk=3))
+    assert [g["path"] for g in got] == [f.name for f in files]
+    for g, w in zip(got, want):
+        assert [t["id"] for t in g["topk"]] == w.ids and [t["name"] for t in g["topk"]] == w.names
+        assert np.allclose([t["prob"] for t in g["topk"]], w.probs, atol=1e-5)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header announcing a huge image (a decompression bomb's signature) in a few bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def _v2(url, body: bytes, model=LITE0, headers=None):
+    return httpx.post(f"{url}/v2/models/{model}/infer", content=body, headers=headers or {}, timeout=60)
+
+
+def _v2_json(shape, datatype="FP32", data=None):
+    return json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": datatype,
+                                   "data": data if data is not None else [0] * int(np.prod(shape))}]}).encode()
+
+
+def _upload(url, name, data):
+    return httpx.post(url + "/v1/predict", files=[("file", (name, data, "image/jpeg"))], timeout=60)
+
+
+def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_goes_on(server):
+    photo = demo_images()[0].read_bytes()
+    cases = {
+        "not an image": (lambda: _upload(server.url, "a.jpg", b"hello, not a picture"), 400, "not an image"),
+        "truncated": (lambda: _upload(server.url, "t.jpg", photo[:len(photo) // 3]), 400, "truncated"),
+        "empty": (lambda: _upload(server.url, "e.jpg", b""), 400, "empty"),
+        "bomb": (lambda: _upload(server.url, "b.png", _png_claiming(30000, 30000)), 400, "decompression-bomb"),
+        "over --max-body-mb": (lambda: _upload(server.url, "big.jpg", b"\xff" * (5 << 20)), 413, "max-body-mb"),
+        "wrong shape": (lambda: _v2(server.url, _v2_json([1, 3, 100, 100])), 400, "expected [N, 3, 224, 224]"),
+        "wrong dtype": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224], "INT32")), 400, "expected FP32"),
+        "malformed JSON": (lambda: _v2(server.url, b"{not json"), 400, "malformed JSON"),
+        "unknown model": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]), model="nope"), 404, "unknown model"),
+        "unknown output": (lambda: _v2(server.url, json.dumps({"inputs": json.loads(_v2_json([1, 3, 224, 224]))["inputs"],
+                                                               "outputs": [{"name": "nope"}]}).encode()),
+                           400, "unknown output"),
+    }
+    good = lambda: _upload(server.url, "tench.jpg", (Path(demo_images()[0]).read_bytes()))
+    with ThreadPoolExecutor(8) as pool:  # the good requests ride in the same batches as the bad ones
+        bad_futures = {k: pool.submit(call) for k, (call, _, _) in cases.items()}
+        good_futures = [pool.submit(good) for _ in range(6)]
+    for k, (_, status, says) in cases.items():
+        r = bad_futures[k].result()
+        assert r.status_code == status and says in r.json()["error"], (k, r.status_code, r.text)
+    assert all(f.result().status_code == 200 for f in good_futures)
+    assert server.proc.poll() is None
+
+
+def test_metrics_count_requests_batches_and_images(server):
+    with ThreadPoolExecutor(16) as pool:  # concurrency 16, one image each: dynamic batching groups them
+        rs = list(pool.map(lambda _: _upload(server.url, "p.jpg", demo_images()[1].read_bytes()), range(32)))
+    assert all(r.status_code == 200 for r in rs)
+    text = httpx.get(server.url + "/metrics").text
+
+    def value(metric: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(metric) and f'model="{LITE0}"' in line)
+    batches, images = value("cvzoo_batch_size_count"), value("cvzoo_batch_size_sum")
+    assert images >= 32 and images / batches > 1.5, (images, batches)  # batches of more than one request
+    assert value('cvzoo_requests_total{endpoint="v1_predict"') >= 32
+    assert 'status="200"' in text and "cvzoo_queue_seconds_bucket" in text and "cvzoo_images_total" in text
+
+
+def test_the_page_shows_the_top1_of_an_uploaded_photo(server, browser, artifacts):
+    page, errors, _ = open_page(browser, server.url + "/")
+    photo = demo_images()[2]
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#top1", timeout=30000)
+    assert page.locator("#top1").inner_text() == Predictor(artifacts(LITE0)).predict(photo).names[0]
+    assert "ms" in page.locator("#latency").inner_text() and errors == []
+
+
+def test_sigterm_answers_every_request_in_flight(artifacts):
+    s = Server(artifacts(LITE0), "--max-batch", "1", "--threads", "1")
+    body = demo_images()[0].read_bytes()
+
+    def send(_):
+        r = _upload(s.url, "p.jpg", body)
+        return r.status_code, time.monotonic()
+    n = 24
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(send, i) for i in range(n)]
+        # the signal once every request has been received (one not yet read is not in flight: its connection closes)
+        received = 0
+        while received < n:
+            text = httpx.get(s.url + "/metrics").text
+            line = [x for x in text.splitlines() if x.startswith("cvzoo_requests_in_flight{")]
+            answered = sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
+                           if x.startswith("cvzoo_requests_total{"))
+            received = answered + (float(line[0].rsplit(" ", 1)[1]) if line else 0)
+        s.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        done = [f.result() for f in futures]
+    assert [c for c, _ in done] == [200] * n
+    assert max(t for _, t in done) > signalled  # some were still queued or running when the signal came
+    assert s.proc.wait(timeout=60) in (0, -signal.SIGTERM) and "Traceback" not in s.proc.stderr.read()
+
+
+def test_an_engine_error_fails_its_batch_only_and_is_counted(artifacts):
+    """An engine that fails on a poisoned batch (a NaN row), behind the real app and uvicorn."""
+    import uvicorn
+
+    from cvzoo.artifact import Artifact
+    from cvzoo.serve import Served, create_app
+    from cvzoo.serve.app import Metrics
+    from cvzoo.serve.batcher import Batcher
+
+    class Failing:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def run(self, x):
+            if np.isnan(x).any():
+                raise RuntimeError("poisoned batch")
+            return self.engine.run(x)
+    art = Artifact.load(artifacts(LITE0))
+    metrics = Metrics()
+    batcher = Batcher([Failing(load_engine(art))], max_batch=1, max_delay_ms=0)
+    port = _port()
+    srv = uvicorn.Server(uvicorn.Config(create_app([Served(LITE0, art, batcher)], metrics), port=port,
+                                        log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}"
+    while not srv.started:
+        time.sleep(0.05)
+    try:
+        x = _pixels(demo_images()[:1])
+        bad = x.copy()
+        bad[0, 0, 0, 0] = np.nan
+        r_bad = _v2(url, _v2_json(list(bad.shape), data=bad.ravel().tolist()))  # JSON's NaN, as Python writes it
+        r_good = _v2(url, _v2_json(list(x.shape), data=x.ravel().tolist()))
+        assert r_bad.status_code == 500 and "poisoned batch" in r_bad.json()["error"]
+        assert r_good.status_code == 200
+        text = httpx.get(url + "/metrics").text
+        assert f'cvzoo_engine_errors_total{{model="{LITE0}"}} 1.0' in text
+        assert 'status="500"' in text
+    finally:
+        srv.should_exit = True
+        t.join(timeout=30)
+
+
+def test_a_modified_artifact_is_refused_at_start_up(artifacts, tmp_path):
+    import shutil
+    copy = tmp_path / "art"
+    shutil.copytree(artifacts(LITE0), copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.onnx").write_bytes(bytes(data))
+    run = subprocess.run([sys.executable, "-m", "cvzoo", "serve", str(copy), "--port", str(_port())],
+                         capture_output=True, text=True, timeout=120)
+    err = " ".join(run.stderr.split())
+    assert run.returncode == 2 and "sha256 differs from the manifest" in err and "Traceback" not in run.stderr
+    assert run.stderr.count("error:") == 1
