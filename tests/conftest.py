@@ -78,8 +78,8 @@ def torch_top1_ids():
             card = get_card(name)
             model = create_model(card, weights="default")
             ids = []
-            with torch.inference_mode():
-                for chunk in batched(eval_files(name), 50):
+            with torch.inference_mode():  # batch 8: depthwise nets run twice as fast in eager as at 50 (cache)
+                for chunk in batched(eval_files(name), 8):
                     x = np.stack([preprocess_image(load_image(f), card.preprocessing) for f, _ in chunk])
                     ids += model(torch.from_numpy(x)).argmax(1).tolist()
             cache[name] = np.array(ids)
