@@ -462,12 +462,17 @@ def serve(models: List[str] = typer.Argument(..., help="artifact directories or 
           max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="how long a batch waits to fill"),
           max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="larger request bodies are refused (413)"),
           random_init: bool = _random_init_option(),
-          verify: bool = _verify_option()):
+          verify: bool = _verify_option(),
+          ray: Optional[str] = typer.Option(None, "--ray", help="run as a Ray Serve deployment: 'local' starts a "
+                                            "local Ray, or a Ray address", show_default=False),
+          replicas: int = typer.Option(1, "--replicas", help="with --ray: copies of the app, each with its own "
+                                       "instances")):
     """Serve artifacts over HTTP: KServe v2 (tritonclient works), POST /v1/predict, /metrics, a page at /."""
     from .serve import serve as run
     run(models, host=host, port=port, engine=engine, instances=instances, threads=threads, max_batch=max_batch,
         max_delay_ms=max_delay_ms, max_body_mb=max_body_mb, verify_hashes=_verify_note(verify),
-        random_init=random_init, say=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
+        random_init=random_init, ray=ray, replicas=replicas,
+        say=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
 
 
 @app.command()
@@ -532,7 +537,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)  # click returns typer.Exit codes in this mode
     except CvzooError as e:
-        err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        err_console.print("[red]error:[/red] " + escape(str(e)), highlight=False, soft_wrap=True)  # '[' in names
         return getattr(e, "exit_code", 2)
     except (typer.Exit, SystemExit) as e:
         return getattr(e, "exit_code", getattr(e, "code", 0)) or 0

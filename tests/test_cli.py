@@ -57,3 +57,10 @@ def test_a_missing_extra_is_one_line_naming_it():
     err = " ".join(run.stderr.split())
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("error:") == 1, err
     assert "needs fastapi, which is not installed: pip install 'cvzoo[serve]'" in err
+
+
+def test_serve_on_ray_without_ray_is_one_line(artifacts):
+    run = _cvzoo("serve", artifacts("tf_efficientnet_lite0"), "--ray", "local", block=("ray",))
+    err = " ".join(run.stderr.split())
+    assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("error:") == 1, err
+    assert "--ray needs Ray Serve: pip install 'cvzoo[ray]'" in err

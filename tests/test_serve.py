@@ -34,15 +34,18 @@ def _port() -> int:
 
 
 class Server:
-    def __init__(self, *args):
+    def __init__(self, *args, log=None):
+        """`log`: a file for the server's output (Ray's logs could fill a pipe nobody reads while it runs)."""
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}"
+        out = open(log, "w") if log else subprocess.PIPE
         self.proc = subprocess.Popen([sys.executable, "-m", "cvzoo", "serve", *map(str, args), "--port", str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
+                                     stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True)
+        deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                raise RuntimeError(f"server exited {self.proc.returncode}: "
+                                   f"{Path(log).read_text() if log else self.proc.stderr.read()}")
             try:
                 if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
                     return
@@ -261,3 +264,28 @@ def test_a_modified_artifact_is_refused_at_start_up(artifacts, tmp_path):
     err = " ".join(run.stderr.split())
     assert run.returncode == 2 and "sha256 differs from the manifest" in err and "Traceback" not in run.stderr
     assert run.stderr.count("error:") == 1
+
+
+@pytest.mark.slow
+def test_the_same_app_as_a_ray_serve_deployment(artifacts, tmp_path):
+    """`--ray local`: a local Ray, two replicas behind Ray's HTTP proxy, the same answers; SIGTERM removes the
+    deployment and stops that Ray."""
+    pytest.importorskip("ray.serve")
+    import tritonclient.http as tc
+    log = tmp_path / "serve.log"
+    s = Server(artifacts(LITE0), "--ray", "local", "--replicas", "2", log=log)
+    try:
+        files = demo_images()[:2]
+        x = _pixels(files)
+        inp = tc.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        res = tc.InferenceServerClient(url=f"127.0.0.1:{s.port}").infer(LITE0, [inp])
+        np.testing.assert_allclose(res.as_numpy("logits"), load_engine(artifacts(LITE0)).run(x), atol=1e-4)
+        r = httpx.post(s.url + "/v1/predict", files=[("files", (f.name, f.read_bytes(), "image/jpeg")) for f in files],
+                       timeout=60)
+        want = list(Predictor(artifacts(LITE0)).predict_paths(files))
+        assert r.status_code == 200 and [p["topk"][0]["id"] for p in r.json()["predictions"]] == [w.ids[0] for w in want]
+    finally:
+        code = s.stop()
+    said = log.read_text()
+    assert code == 0 and "2 replica(s)" in said and "Traceback" not in said, said[-3000:]

@@ -10,32 +10,40 @@ from ..errors import CvzooError
 from .app import Served, create_app
 from .batcher import Batcher
 
-__all__ = ["Served", "create_app", "load_models", "serve"]
+__all__ = ["Served", "create_app", "load_models", "resolve", "serve"]
+
+
+def resolve(models: Sequence[Union[str, Path]], verify_hashes: bool = True, random_init: bool = False) -> list:
+    """Each artifact (or zoo name, exported once) loaded and checked: refused in one line if its files do not match
+    its manifest or it has no trained weights (unless `random_init`)."""
+    from ..artifact import Artifact
+    from ..predict import artifact_for, require_weights
+    return [require_weights(Artifact.load(artifact_for(m, random_init=random_init), verify_hashes=verify_hashes),
+                            random_init) for m in models]
+
+
+def _check(instances: int, max_batch: int, max_delay_ms: float) -> None:
+    if instances < 1:
+        raise CvzooError(f"--instances must be >= 1, got {instances}")
+    if max_batch < 1 or max_delay_ms < 0:
+        raise CvzooError("--max-batch must be >= 1 and --max-delay-ms >= 0")
 
 
 def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None, instances: int = 1,
                 threads: Optional[int] = None, max_batch: int = 8, max_delay_ms: float = 2.0,
                 verify_hashes: bool = True, random_init: bool = False) -> list[Served]:
-    """Each artifact (or zoo name, exported once) loaded with `instances` engine instances; refused in one line if
-    its files do not match its manifest."""
-    from ..artifact import Artifact
+    """Each of `resolve(models)` with `instances` engine instances behind one batcher."""
     from ..engines import load_engine
     from ..machine import physical_cores
-    from ..predict import artifact_for, require_weights
-    if instances < 1:
-        raise CvzooError(f"--instances must be >= 1, got {instances}")
-    if max_batch < 1 or max_delay_ms < 0:
-        raise CvzooError("--max-batch must be >= 1 and --max-delay-ms >= 0")
+    _check(instances, max_batch, max_delay_ms)
     threads = threads or max(1, physical_cores() // instances)
     served: list[Served] = []
-    for m in models:
-        art = require_weights(Artifact.load(artifact_for(m, random_init=random_init), verify_hashes=verify_hashes),
-                              random_init)
+    for art in resolve(models, verify_hashes, random_init):
         name = art.name
         if any(s.name == name for s in served):
             name = f"{art.name}-{art.precision}"
         if any(s.name == name for s in served):
-            raise CvzooError(f"{m}: a second {name}; serve one artifact per model and precision")
+            raise CvzooError(f"{art.folder}: a second {name}; serve one artifact per model and precision")
         engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
         served.append(Served(name, art, Batcher(engines, max_batch, max_delay_ms)))
     return served
@@ -43,10 +51,20 @@ def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None
 
 def serve(models: Sequence[Union[str, Path]], host: str = "127.0.0.1", port: int = 8000, engine: Optional[str] = None,
           instances: int = 1, threads: Optional[int] = None, max_batch: int = 8, max_delay_ms: float = 2.0,
-          max_body_mb: float = 64.0, verify_hashes: bool = True, random_init: bool = False, say=print) -> None:
-    """Serve until SIGINT/SIGTERM; on either, requests in flight are answered before exit."""
+          max_body_mb: float = 64.0, verify_hashes: bool = True, random_init: bool = False,
+          ray: Optional[str] = None, replicas: int = 1, say=print) -> None:
+    """Serve until SIGINT/SIGTERM; on either, requests in flight are answered before exit. `ray` ('local' or a Ray
+    address): the same app as a Ray Serve deployment with `replicas` replicas instead of one uvicorn process."""
+    options = dict(engine=engine, instances=instances, threads=threads, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                   verify_hashes=verify_hashes, random_init=random_init)
+    if ray is not None:
+        from .on_ray import serve_on_ray
+        _check(instances, max_batch, max_delay_ms)
+        folders = [a.folder for a in resolve(models, verify_hashes, random_init)]  # refused here, not in a replica
+        serve_on_ray(folders, None if ray == "local" else ray, replicas, host, port, options, max_body_mb, say)
+        return
     import uvicorn
-    served = load_models(models, engine, instances, threads, max_batch, max_delay_ms, verify_hashes, random_init)
+    served = load_models(models, **options)
     app = create_app(served, max_body_mb=max_body_mb)
     for s in served:
         say(f"serving {s.name} ({s.artifact.precision}, {s.artifact.folder}): {instances} instance(s), batches up to "
