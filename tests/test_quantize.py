@@ -297,6 +297,20 @@ def test_weight_forms_follow_the_target_cpu(monkeypatch, vnni, target, family):
     assert plan.weight_family("auto", target) == family and plan.weight_family("u8", target) == ("u8",)
 
 
+def test_equally_fast_forms_are_decided_by_accuracy():
+    """s7 and s8 weights time the same within noise on a CPU without VNNI; which one is more accurate depends on the
+    engine's kernels (OpenVINO on an AVX2 EPYC: s8 saturated on one model, 7-bit lost 1.9 points on another), so of
+    forms within SPEED_TIE of the fastest, the one closest to fp32 is kept; a clearly faster form still wins."""
+    from types import SimpleNamespace
+
+    from cvzoo.quantize.plan import SPEED_TIE, Attempt, fastest_then_closest
+    a = {w: Attempt(Path(w), Int8Form(weights=w), SimpleNamespace(kl=kl)) for w, kl in (("s7", 0.02), ("s8", 0.01))}
+    tie = {"qdq-s7": 1.0, "qdq-s8": 1.0 + SPEED_TIE / 2}
+    assert fastest_then_closest(list(a.values()), tie) is a["s8"]
+    apart = {"qdq-s7": 1.0, "qdq-s8": 1.0 + 2 * SPEED_TIE}
+    assert fastest_then_closest(list(a.values()), apart) is a["s7"]
+
+
 # ---------------------------------------------------------------- the guard's arithmetic
 def _logits(n=200, seed=9, classes=10, margin=4.0):
     rng = np.random.default_rng(seed)

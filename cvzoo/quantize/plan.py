@@ -29,6 +29,9 @@ from .stats import ImageRanges, image_ranges, outlier_note
 Say = Callable[[str], None]
 RANKING_IMAGES = 32  # held-out images the node ranking runs on (one small graph per node)
 LAYER_ERROR_IMAGES = 16  # held-out images the per-layer error of the report is measured on
+# forms whose cost is within this of the fastest are taken as equally fast (timing noise on a shared CPU; 7-bit and
+# full-range s8 weights run the same instructions), and the one closest to fp32 of them is chosen
+SPEED_TIE = 0.05
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,12 @@ class Int8Build:
     def speedup(self) -> dict:
         t = self.timings_s
         return {b: round(t[f"fp32_{b}"] / t[f"int8_{b}"], 3) for b in ("b1", "b8") if f"int8_{b}" in t}
+
+
+def fastest_then_closest(attempts: Sequence[Attempt], cost: dict[str, float]) -> Attempt:
+    """The fastest form; of those within SPEED_TIE of it, the one closest to fp32 on the held-out images (lowest KL)."""
+    fastest = min(cost[a.form.label] for a in attempts)
+    return min((a for a in attempts if cost[a.form.label] <= fastest * (1 + SPEED_TIE)), key=lambda a: a.fidelity.kl)
 
 
 def weight_family(pinned: str, target_cpu: str) -> tuple[str, ...]:
@@ -201,7 +210,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     if g.enabled and not passed:  # nothing passes: the most accurate, for the report (and --accept-degraded)
         chosen = min(eligible, key=lambda a: (a.fidelity.expected_drop, a.fidelity.kl))
     else:
-        chosen = min(eligible, key=lambda a: cost[a.form.label])
+        chosen = fastest_then_closest(eligible, cost)
     for k, a in attempts.items():
         say(f"int8 form {k}: {1000 * t1[k]:.2f} / {1000 * t8[k]:.2f} ms at b1 / b8 ({engine}), {a.int8_layers[0]} of "
             f"{a.int8_layers[1]} layers in int8, {a.fidelity.summary()}"
