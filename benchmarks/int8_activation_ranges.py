@@ -37,7 +37,7 @@ def one(name: str, eval_folder: str, tmp: Path, count: int = 300) -> dict:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
     card = get_card(name)
-    fp32 = cached_export(card, resolve_default_weights(card), card.input_size) / "model.onnx"
+    fp32 = cached_export(card, resolve_default_weights(card), card.input_size).folder / "model.onnx"
     prepped = tmp / f"{name}-prepped.onnx"
     quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
     photos = sorted((SHARED / "imagenet-sample").glob("*.JPEG"))

@@ -54,7 +54,7 @@ def main() -> None:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
     card = get_card(args.model)
-    fp32 = cached_export(card, resolve_default_weights(card), card.input_size) / "model.onnx"
+    fp32 = cached_export(card, resolve_default_weights(card), card.input_size).folder / "model.onnx"
     cfg = parse_config({"model": args.model, "dtype": "int8", "calibration": {"path": str(SHARED / "imagenet-sample")}})
     calib_files, _ = select_split(cfg.calibration)
     calib = load_arrays(calib_files, card.preprocessing)[0]

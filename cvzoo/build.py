@@ -63,14 +63,14 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
     with tempfile.TemporaryDirectory(prefix="cvzoo-build.") as tmp:
         work = Path(tmp)
         if cfg.fp32 is not None:
-            fp32_dir, weights = _given_fp32(cfg, card, size)
-            say(f"fp32 {card.name} @ {size}: {fp32_dir} (its files match its manifest)")
+            fp32_art, weights = _given_fp32(cfg, card, size)
+            say(f"fp32 {card.name} @ {size}: {fp32_art.folder} (its files match its manifest)")
         else:
             say(f"fp32 {card.name} @ {size}: exported and verified against PyTorch (cached; "
                 f"{'random init' if weights is None else weights.name})")
-            fp32_dir = cached_export(card, weights, size, cfg.opset)
-        fp32 = fp32_dir / "model.onnx"
-        base = Artifact.load(fp32_dir).manifest
+            fp32_art = cached_export(card, weights, size, cfg.opset)
+        fp32_dir, base = fp32_art.folder, fp32_art.manifest
+        fp32 = fp32_dir / base.model_file
         extra: dict = {}
         if cfg.dtype == "fp32":
             final = fp32
@@ -100,7 +100,7 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
     return out
 
 
-def _given_fp32(cfg: BuildConfig, card, size: int) -> tuple[Path, Optional[Path]]:
+def _given_fp32(cfg: BuildConfig, card, size: int) -> tuple[Artifact, Optional[Path]]:
     """An fp32 export to build from (cfg.fp32), refused unless it is what the config describes; and its
     checkpoint where that file is still here (the torch-cuda bf16 build rebuilds the network from it)."""
     folder = Path(cfg.fp32)
@@ -111,7 +111,7 @@ def _given_fp32(cfg: BuildConfig, card, size: int) -> tuple[Path, Optional[Path]
         raise CvzooError(f"{folder}: not an fp32 export of {card.name} at {size} px, opset {cfg.opset}, dynamic batch "
                          f"(it is {src.precision} {src.name} at {found[2]} px, opset {found[3]}, batch {found[4]})")
     recorded = src.manifest.weights.path
-    return folder, (Path(recorded) if recorded and Path(recorded).is_file() else None)
+    return src, (Path(recorded) if recorded and Path(recorded).is_file() else None)
 
 
 def _build_half(cfg: BuildConfig, card, pre, fp32_dir: Path, weights: Optional[Path], files: list[Path],

@@ -159,15 +159,14 @@ def export_cmd(name: str,
                checkpoint_format: str = typer.Option("auto", "--format", help="checkpoint layout; auto tries the card's"),
                force: bool = typer.Option(False, "--force", help="replace an existing artifact")):
     """Export to ONNX, verify ORT vs PyTorch (max |Δlogit| <= 1e-4), write an artifact directory."""
-    from .artifact import Artifact
     from .export import export
     try:
         batch_value = _batch_arg(batch)
     except ValueError:
         raise CvzooError(f"--batch must be 'dynamic' or a positive integer, got '{batch}'") from None
-    path = export(name, weights=weights, out=out, size=size, opset=opset, batch=batch_value,
-                  simplify=simplify, force=force, checkpoint_format=checkpoint_format)
-    art = Artifact.load(path)
+    art = export(name, weights=weights, out=out, size=size, opset=opset, batch=batch_value,
+                 simplify=simplify, force=force, checkpoint_format=checkpoint_format)
+    path = art.folder
     v = art.manifest.export.verification
     console.print(f"exported [bold]{art.name}[/bold] -> {path}/model.onnx  opset {opset}, "
                   f"simplified={art.manifest.export.simplified}")

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .artifact import atomic_dir, sha256, versions, write_manifest
+from .artifact import Artifact, atomic_dir, sha256, versions, write_manifest
 from .card import ModelCard, get_card
 from .datasets import demo_images
 from .errors import CvzooError
@@ -159,8 +159,9 @@ def source_model(card: ModelCard, weights: Optional[Path], size: int, checkpoint
 
 def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, out: Union[None, str, Path] = None,
            size: Optional[int] = None, opset: int = DEFAULT_OPSET, batch: Union[str, int] = "dynamic",
-           simplify: bool = True, force: bool = False, checkpoint_format: str = "auto") -> Path:
-    """Export a zoo model to `out/` (model.onnx + manifest.json), verified against PyTorch."""
+           simplify: bool = True, force: bool = False, checkpoint_format: str = "auto") -> Artifact:
+    """Export a zoo model to `out/` (model.onnx + manifest.json), verified against PyTorch: the artifact written (its
+    folder and typed manifest)."""
     from .checkpoint import resolve_default_weights
     card = name if isinstance(name, ModelCard) else get_card(name)
     size = size or card.input_size
@@ -192,15 +193,15 @@ def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, 
             "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxslim"),
         })
         (tmp / "vdsp_params.json").write_text(json.dumps(manifest["vdsp_params"], indent=2), encoding="utf-8")
-        write_manifest(tmp, manifest)
-    return out
+        written = write_manifest(tmp, manifest)
+    return Artifact(out, written)
 
 
-def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: int = DEFAULT_OPSET) -> Path:
+def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: int = DEFAULT_OPSET) -> Artifact:
     """The verified fp32 export of (card, weights, size, opset) with these library versions, made once and kept in
     the cache (CVZOO_CACHE): a second build of the same model skips export and verification. A cached copy whose
     files no longer match its manifest is exported again."""
-    from .artifact import Artifact, default_cache, is_artifact
+    from .artifact import default_cache, is_artifact
     key = json.dumps({"card": card.model_dump(mode="json"), "weights": sha256(weights) if weights else "random",
                       "size": size, "opset": opset,
                       "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxslim")},
@@ -209,8 +210,7 @@ def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: in
     out = default_cache() / "exports" / f"{card.name}-{size}-{digest}"
     if is_artifact(out):
         try:
-            Artifact.load(out, verify_hashes=True)
-            return out
+            return Artifact.load(out, verify_hashes=True)
         except CvzooError:
             pass
     return export(card, weights=weights, out=out, size=size, opset=opset, force=True)

@@ -110,7 +110,7 @@ def artifacts(export_cache):
                 weights = find_default_weights(card)
                 if weights is None:
                     pytest.skip(f"{name}: its weights file is not here (../shared is only on developer/CI machines)")
-            made[name] = cached_export(card, Path(weights) if weights else None, card.input_size)
+            made[name] = cached_export(card, Path(weights) if weights else None, card.input_size).folder
         return made[name]
     return get
 

@@ -322,7 +322,7 @@ def test_build_from_an_exported_fp32_artifact(tmp_path):
     import sys
     from cvzoo.datasets import demo_images
     from cvzoo.export import export
-    fp32 = export("dla46_c", out=tmp_path / "fp32", size=96)
+    fp32 = export("dla46_c", out=tmp_path / "fp32", size=96).folder
     calib = demo_images()[0].parent
     run = lambda *a: subprocess.run([sys.executable, "-m", "cvzoo", "build", *map(str, a)], capture_output=True, text=True)
     ok = run(fp32, "--dtype", "int8", "--calib", calib, "--count", 6, "--holdout", 2, "--no-guard", "-o", tmp_path / "ws")

@@ -25,8 +25,9 @@ ZOO = list(_NETS.values())
 def test_export_parity_every_zoo_model(name, tmp_path):
     # random weights and 128 px: parity is about the graph (every op of it runs at any size); the card's own size is
     # exported in the fixture, lite0 and manifest tests
-    out = export(name, out=tmp_path / name, size=128)
-    art = Artifact.load(out, verify_hashes=True)
+    exported = export(name, out=tmp_path / name, size=128)
+    art = Artifact.load(exported.folder, verify_hashes=True)
+    assert art.manifest == exported.manifest  # what export returns is what it wrote
     v = art.manifest.export.verification
     assert v.passed
     if v.criterion == "direct":
@@ -38,7 +39,7 @@ def test_export_parity_every_zoo_model(name, tmp_path):
 
 
 def test_artifact_is_self_describing(tmp_path):
-    out = export("dla46_c", out=tmp_path / "a", batch=4, opset=13)
+    out = export("dla46_c", out=tmp_path / "a", batch=4, opset=13).folder
     m = json.loads((out / "manifest.json").read_text())
     assert m["opset"] == 13 and m["precision"] == "fp32" and m["io"]["inputs"][0]["shape"] == [4, 3, 224, 224]
     assert m["preprocessing"]["crop_pct"] == 0.875 and len(m["classes"]) == 1000
@@ -51,7 +52,7 @@ def test_artifact_is_self_describing(tmp_path):
 
 
 def test_existing_output_is_not_overwritten_without_force(tmp_path):
-    out = export("dla46_c", out=tmp_path / "a")
+    out = export("dla46_c", out=tmp_path / "a").folder
     with pytest.raises(CvzooError, match="already exists"):
         export("dla46_c", out=out)
     export("dla46_c", out=out, force=True, size=192)
@@ -81,10 +82,8 @@ def test_verification_failure_is_loud(tmp_path, monkeypatch):
 
 
 def test_simplified_graph_kept_only_when_verified(tmp_path):
-    out = export("ese_vovnet19b_dw", out=tmp_path / "s")
-    assert Artifact.load(out).manifest.export.simplified is True
-    plain = export("ese_vovnet19b_dw", out=tmp_path / "p", simplify=False)
-    assert Artifact.load(plain).manifest.export.simplified is False
+    assert export("ese_vovnet19b_dw", out=tmp_path / "s").manifest.export.simplified is True
+    assert export("ese_vovnet19b_dw", out=tmp_path / "p", simplify=False).manifest.export.simplified is False
 
 
 def test_cached_export_is_made_once_and_remade_when_modified(monkeypatch, tmp_path):
@@ -97,12 +96,12 @@ def test_cached_export_is_made_once_and_remade_when_modified(monkeypatch, tmp_pa
     real = export_mod.export
     monkeypatch.setattr(export_mod, "export", lambda *a, **k: calls.append(k.get("size")) or real(*a, **k))
     card = get_card("dla46_c")
-    first = cached_export(card, None, 96)
-    assert cached_export(card, None, 96) == first and calls == [96]
-    assert cached_export(card, None, 128) != first and calls == [96, 128]  # another size: another export
+    first = cached_export(card, None, 96).folder
+    assert cached_export(card, None, 96).folder == first and calls == [96]
+    assert cached_export(card, None, 128).folder != first and calls == [96, 128]  # another size: another export
     model = first / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    assert cached_export(card, None, 96) == first and calls == [96, 128, 96]
+    assert cached_export(card, None, 96).folder == first and calls == [96, 128, 96]
     Artifact.load(first, verify_hashes=True)  # the copy in the cache is whole again
