@@ -36,17 +36,20 @@ def serve_on_ray(artifacts: Sequence[Path], address: Optional[str], replicas: in
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    deployed = False
     try:
         ray_serve.start(http_options={"host": host, "port": port})
         deployment = ray_serve.deployment(ray_serve.ingress(build_app)(), name=APP, num_replicas=replicas,
                                           ray_actor_options={"num_cpus": 1})
         ray_serve.run(deployment.bind(), name=APP, route_prefix="/")
+        deployed = True
         say(f"Ray Serve: {replicas} replica(s) at http://{host}:{port}/ (page), /v2 (KServe v2), /v1/predict, "
             f"/metrics (per replica); Ray at {ray.get_runtime_context().gcs_address}")
         stop.wait()
     finally:
         try:
-            ray_serve.delete(APP)  # replicas finish what they hold, then stop
+            if deployed:
+                ray_serve.delete(APP)  # replicas finish what they hold, then stop
         finally:
             if address is None:  # the local Ray this call started goes with it
                 ray.shutdown()
