@@ -22,6 +22,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
 FORMATS = ("table", "plain", "csv", "json")
+STATUS_STYLES = {"error": "red", "warning": "yellow", "skipped": "yellow"}
+
+
+def status_line(kind: str, text: str) -> None:
+    """One line on stderr, `kind: text`, the text as it is (rich would read a '[b]' in a file name as markup)."""
+    style = STATUS_STYLES[kind]
+    err_console.print(f"[{style}]{kind}:[/{style}] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def print_rows(rows: list[dict], title: str, fmt: Optional[str]) -> None:
@@ -45,7 +52,7 @@ def print_rows(rows: list[dict], title: str, fmt: Optional[str]) -> None:
         for c in columns:
             table.add_column(c, justify="right" if rows and isinstance(rows[0][c], (int, float)) else "left")
         for r in rows:
-            table.add_row(*("-" if r[c] is None else str(r[c]) for c in columns))
+            table.add_row(*("-" if r[c] is None else escape(str(r[c])) for c in columns))
         console.print(table)
 
 
@@ -61,8 +68,7 @@ def _random_init_option():
 
 def _verify_note(verify: bool) -> bool:
     if not verify:
-        err_console.print("[yellow]warning:[/yellow] --no-verify: the artifact's files are not checked against their "
-                          "manifest hashes", highlight=False, soft_wrap=True)
+        status_line("warning", "--no-verify: the artifact's files are not checked against their manifest hashes")
     return verify
 
 
@@ -168,14 +174,14 @@ def export_cmd(name: str,
                  simplify=simplify, force=force, checkpoint_format=checkpoint_format)
     path = art.folder
     v = art.manifest.export.verification
-    console.print(f"exported [bold]{art.name}[/bold] -> {path}/model.onnx  opset {opset}, "
+    console.print(f"exported [bold]{art.name}[/bold] -> {escape(str(path))}/model.onnx  opset {opset}, "
                   f"simplified={art.manifest.export.simplified}")
     console.print(f"verified: ORT vs PyTorch max |Δlogit| {v.max_abs_diff:.2e} (random {v.max_abs_diff_random:.2e}, "
                   f"real {v.max_abs_diff_real:.2e}) <= {v.tolerance:.0e}; top-1 agreement on real photos "
                   f"{100 * v.top1_agreement_real:.0f}%")
     if art.random_init:
-        err_console.print("[yellow]warning:[/yellow] random init (no --weights): the graph and its speed are the "
-                          "model's, its predictions are not", highlight=False, soft_wrap=True)
+        status_line("warning", "random init (no --weights): the graph and its speed are the model's, its predictions "
+                    "are not")
 
 
 def print_predictions_table(preds, title: str) -> None:
@@ -184,7 +190,7 @@ def print_predictions_table(preds, title: str) -> None:
         table.add_column(col, justify="right" if col in ("rank", "class id", "prob") else "left")
     for pred in preds:
         for r, (i, p, n) in enumerate(zip(pred.ids, pred.probs, pred.names)):
-            table.add_row(Path(pred.path).name if r == 0 else "", str(r + 1), str(i), f"{p:.4f}", n)
+            table.add_row(escape(Path(pred.path).name) if r == 0 else "", str(r + 1), str(i), f"{p:.4f}", escape(n))
         table.add_section()
     console.print(table)
 
@@ -199,7 +205,7 @@ def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, o
         raise CvzooError(f"--topk must be >= 1, got {topk}")
     paths, errors = find_images(images)
     for line in errors:
-        err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        status_line("error", line)
     if not paths:
         raise CvzooError("no images to predict")
     predictor = Predictor(model, engine=engine, threads=threads, weights=weights, verify_hashes=_verify_note(verify),
@@ -209,10 +215,10 @@ def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, o
         if pred.ok:
             good.append(pred)
             for note in pred.warnings:
-                err_console.print(f"[yellow]warning:[/yellow] {pred.path}: {note}", highlight=False, soft_wrap=True)
+                status_line("warning", f"{pred.path}: {note}")
         else:
             bad += 1
-            err_console.print(f"[red]error:[/red] {pred.error}", highlight=False, soft_wrap=True)
+            status_line("error", pred.error)
     if out:
         write_text_atomic(out, "".join(line + "\n" for p in good for line in result_txt_lines(p)))
     if jsonl:
@@ -220,7 +226,7 @@ def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, o
     if not quiet:
         print_predictions_table(good, f"{predictor.artifact.name} ({predictor.artifact.precision}, {predictor.engine.name})")
     console.print(f"{len(good)} images predicted, {bad + len(errors)} skipped"
-                  + (f"; wrote {out}" if out else "") + (f"; wrote {jsonl}" if jsonl else ""))
+                  + (f"; wrote {escape(str(out))}" if out else "") + (f"; wrote {escape(str(jsonl))}" if jsonl else ""))
     return 0 if not (bad or errors) else 3
 
 
@@ -314,7 +320,7 @@ def build(target: str = typer.Argument(..., help="CONFIG.yaml, a model name, or 
         if given:
             data[section] = {**data.get(section, {}), **given}
     cfg = parse_config(data, target if is_file else "command line")
-    run_build(cfg, force=force, say=lambda msg: console.print(msg, highlight=False))
+    run_build(cfg, force=force, say=lambda msg: console.print(msg, markup=False, highlight=False))
 
 
 @app.command("eval")
@@ -339,7 +345,7 @@ def eval_cmd(model: str = typer.Argument(..., help="artifact directory or zoo mo
                  random_init=random_init)
     c = s["counts"]
     for item in s["skipped"]:
-        err_console.print(f"[yellow]skipped:[/yellow] {item['reason']}", highlight=False, soft_wrap=True)
+        status_line("skipped", item["reason"])
     if not quiet and s["worst_classes"] and s["top1"] is not None:
         table = Table(title="worst classes")
         for col in ("class", "top1", "images", "most confused with"):
@@ -386,8 +392,8 @@ def image2npz(src: Path = typer.Argument(...), dst: Path = typer.Argument(...),
     from .datatools import image2npz as run
     r = run(src, dst, datalist, _artifact_or_card(model).preprocessing if model else None)
     for e in r["errors"]:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {r['written']} npz files and {datalist}")
+        status_line("error", str(e))
+    console.print(f"wrote {r['written']} npz files and {escape(str(datalist))}")
 
 
 @app.command("bench")
@@ -421,7 +427,7 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
     report = bench(model, engine=engine, batches=batches, instances=instances, processes=processes, threads=threads,
                    warmup=warmup, duration=duration, iterations=iterations, size=size,
                    images=images, vs_torch=vs_torch, weights=weights, verify_hashes=_verify_note(verify),
-                   progress=lambda m: err_console.print(f"[dim]{m}[/dim]", highlight=False))
+                   progress=lambda m: err_console.print(m, style="dim", markup=False, highlight=False))
     computes = report["results"][0].get("inference_precision")
     table = Table(title=f"{report['model']} ({report['precision']}, {report['engine']}"
                         + (f", computing {computes}" if computes else "") + f") on {report['machine']['cpu']}")
@@ -471,7 +477,7 @@ def serve(models: List[str] = typer.Argument(..., help="artifact directories or 
     run(models, host=host, port=port, engine=engine, instances=instances, threads=threads, max_batch=max_batch,
         max_delay_ms=max_delay_ms, max_body_mb=max_body_mb, verify_hashes=_verify_note(verify),
         random_init=random_init, ray=ray, replicas=replicas,
-        say=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
+        say=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
 
 
 @app.command()
@@ -494,7 +500,7 @@ def sweep(models: str = typer.Option(..., "--models", help="comma-separated mode
     table = run([m for m in models.split(",") if m], [d for d in dtypes.split(",") if d], data, out, calib=calib,
                 bench=bench, use_ray=ray is not None, ray_address=None if ray in (None, "local") else ray,
                 count=count, calibrate_mode=calibrate_mode, weights=weights, limit=limit, engine=engine,
-                bench_seconds=bench_seconds, say=lambda m: console.print(m, highlight=False))
+                bench_seconds=bench_seconds, say=lambda m: console.print(m, markup=False, highlight=False))
     t = Table(title="zoo table")
     for col in ("model", "precision", "engine", "top1", "top5", "Δ vs fp32", "img/s", "params(M)", "GMACs", "input"):
         t.add_column(col, justify="left" if col in ("model", "precision", "engine") else "right")
@@ -502,7 +508,7 @@ def sweep(models: str = typer.Option(..., "--models", help="comma-separated mode
         t.add_row(r["model"], r["precision"], r["engine"], str(r["top1"]), str(r["top5"]), str(r["delta_top1_vs_fp32"]),
                   str(r["ips"]), str(r["params_m"]), str(r["gmacs"]), str(r["input_size"]))
     console.print(t)
-    console.print(f"wrote {out}/zoo_table.md, zoo_table.csv, pareto.png")
+    console.print(f"wrote {escape(str(out))}/zoo_table.md, zoo_table.csv, pareto.png")
 
 
 def _usage_errors() -> tuple:
@@ -518,7 +524,7 @@ USAGE_ERRORS = _usage_errors()
 
 class _WarningLine(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        err_console.print(f"[yellow]warning:[/yellow] {record.getMessage()}", highlight=False, soft_wrap=True)
+        status_line("warning", record.getMessage())
 
 
 def _log_warnings_to_stderr() -> None:
@@ -536,7 +542,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)  # click returns typer.Exit codes in this mode
     except CvzooError as e:
-        err_console.print("[red]error:[/red] " + escape(str(e)), highlight=False, soft_wrap=True)  # '[' in names
+        status_line("error", str(e))
         return getattr(e, "exit_code", 2)
     except (typer.Exit, SystemExit) as e:
         return getattr(e, "exit_code", getattr(e, "code", 0)) or 0
@@ -552,8 +558,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         extra = EXTRAS[root]
         hint = (" (the model side: create, export, build; a built artifact runs without it: cvzoo predict ARTIFACT_DIR)"
                 if extra == "models" else "")
-        err_console.print("[red]error:[/red] " + escape(f"this command needs {root}, which is not installed: pip install "
-                                                        f"'cvzoo[{extra}]'{hint}"), highlight=False, soft_wrap=True)
+        status_line("error", f"this command needs {root}, which is not installed: pip install 'cvzoo[{extra}]'{hint}")
         return 2
     return code if isinstance(code, int) else 0
 

@@ -64,3 +64,12 @@ def test_serve_on_ray_without_ray_is_one_line(artifacts):
     err = " ".join(run.stderr.split())
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("error:") == 1, err
     assert "--ray needs Ray Serve: pip install 'cvzoo[ray]'" in err
+
+
+def test_a_file_name_with_brackets_is_named_as_it_is(artifacts, tmp_path):
+    """Lines that name a file print it literally: rich would take '[b]' in a path for markup and drop it."""
+    bad = tmp_path / "[b]" / "photo[i].jpg"
+    bad.parent.mkdir()
+    bad.write_text("not an image")
+    run = _cvzoo("predict", artifacts("tf_efficientnet_lite0"), bad, "-q")
+    assert run.returncode == 3 and f"error: {bad}: not an image" in " ".join(run.stderr.split()), run.stderr
