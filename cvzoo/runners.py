@@ -69,7 +69,6 @@ def time_rounds(runners: dict[str, Runner], shape: tuple[int, ...], rounds: int 
     return per_run
 
 
-
 # the optimized-graph ops in which ONNX Runtime computes a conv / matmul in integers, and those it computes in float
 _ORT_INT8 = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
              "DynamicQuantizeMatMul"}

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..buildconfig import BuildConfig
 from ..machine import has_vnni, machine_info
-from ..runners import compiled_runner, in_batches, model_runner, run_logits, time_runners
+from ..runners import Runner, compiled_runner, in_batches, model_runner, run_logits, time_runners
 from .forms import PER_IMAGE_MODES, Int8Form, calibrated_ops, candidates, quantize
 from .graph import classifier
 from .guard import Fidelity, fit_temperature, measure_fidelity
@@ -56,6 +56,7 @@ class Attempt:
     form: Int8Form
     fidelity: Fidelity
     int8_layers: tuple[int, int] = (0, 0)  # (conv/matmul layers the engine computes in int8, all of them)
+    run: Optional[Runner] = field(default=None, repr=False, compare=False)  # the engine's session it was measured with
 
     def runs_less_int8_than(self, other: "Attempt") -> bool:
         return self.int8_layers[0] < other.int8_layers[0]
@@ -151,7 +152,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     def realize(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Attempt:
         out = write(plan, form, exclude)
         run, layers = compiled_runner(out, engine)
-        return Attempt(out, form, measure_fidelity(ref, in_batches(run, held), held_labels, temperature), layers)
+        return Attempt(out, form, measure_fidelity(ref, in_batches(run, held), held_labels, temperature), layers, run)
 
     def ok(f: Fidelity) -> bool:
         return f.passes(g.max_top1_drop, g.min_agreement)
@@ -199,7 +200,8 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     for form in candidates(engine, q.format, plan.weights, plan.outputs):
         if form.label not in attempts:
             attempts[form.label] = realize(plan, form, excluded)
-    runners = {"fp32": model_runner(fp32, engine), **{k: model_runner(a.path, engine) for k, a in attempts.items()}}
+    runners = {"fp32": model_runner(fp32, engine),  # each form timed with the session it was measured with
+               **{k: a.run or model_runner(a.path, engine) for k, a in attempts.items()}}
     t1 = time_runners(runners, shape)
     t8 = time_runners(runners, (8, *shape[1:]), rounds=3)
     # a form fast at b1 can be slow at b8 (ORT's QOperator form): per-image times of both, geometric mean
@@ -294,6 +296,8 @@ def _exclusion_search(plan: Plan, current: Attempt, realize, qdq_graph, ok, held
         if k not in results:
             results[k] = realize(plan, current.form, ranked[:k])
             passed = ok(results[k].fidelity)
+            if not passed:  # a session is kept only for what may be timed at the end: one that passes
+                results[k].run = None
             trials.append({"excluded": k, "passed": passed, "fidelity": results[k].fidelity.as_dict()})
             say(f"guard: {k:3d} nodes in float -> {results[k].fidelity.summary()}{' ok' if passed else ''}")
         return ok(results[k].fidelity)
