@@ -115,6 +115,15 @@ def artifacts(export_cache):
     return get
 
 
+@pytest.fixture
+def artifact_copy(artifacts, tmp_path):
+    """A private copy of the exported tf_efficientnet_lite0 artifact, safe to damage."""
+    import shutil
+    dst = tmp_path / "art"
+    shutil.copytree(artifacts("tf_efficientnet_lite0"), dst)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def effnetv2_generic_int8(tmp_path_factory):
     """efficientnetv2_rw_t-imagenette built int8 with the defaults on ImageNet photos of other classes (the case the

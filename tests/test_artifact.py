@@ -1,7 +1,6 @@
 """An artifact is verified on every load: a changed or missing file is refused by predict / eval / bench in one
 line naming it; --no-verify runs it anyway and says so."""
 import json
-import shutil
 
 import pytest
 
@@ -9,14 +8,6 @@ from cvzoo.artifact import Artifact
 from cvzoo.cli import main
 from cvzoo.errors import CvzooError
 from cvzoo.datasets import demo_images
-
-
-@pytest.fixture
-def copy(artifacts, tmp_path):
-    """A private copy of an exported artifact, safe to damage."""
-    dst = tmp_path / "art"
-    shutil.copytree(artifacts("tf_efficientnet_lite0"), dst)
-    return dst
 
 
 def _flip(path, at=0.5):
@@ -32,31 +23,32 @@ def _run(capsys, *argv):
 
 
 @pytest.mark.parametrize("victim", ["model.onnx", "vdsp_params.json"])
-def test_a_flipped_bit_in_any_listed_file_is_refused_by_every_command(copy, tmp_path, capsys, victim):
-    _flip(copy / victim)
+def test_a_flipped_bit_in_any_listed_file_is_refused_by_every_command(artifact_copy, tmp_path, capsys, victim):
+    _flip(artifact_copy / victim)
     photo = demo_images()[0]
-    for argv in (["predict", copy, photo, "-q"], ["eval", copy, photo.parent, "-o", tmp_path / "e", "-q"],
-                 ["bench", copy, "--iterations", 2, "--warmup", 0]):
+    for argv in (["predict", artifact_copy, photo, "-q"],
+                 ["eval", artifact_copy, photo.parent, "-o", tmp_path / "e", "-q"],
+                 ["bench", artifact_copy, "--iterations", 2, "--warmup", 0]):
         code, _, err = _run(capsys, *argv)
         assert code == 2, (argv[0], err)
-        assert err.count("error:") == 1 and f"{copy / victim}: sha256 differs from the manifest" in err, err
+        assert err.count("error:") == 1 and f"{artifact_copy / victim}: sha256 differs from the manifest" in err, err
     assert not (tmp_path / "e" / "results.jsonl").exists()
 
 
-def test_no_verify_runs_a_modified_artifact_and_says_so(copy, capsys):
-    _flip(copy / "vdsp_params.json", at=0.0)  # '{' -> 'z': the engine never reads it, so the run can go on
-    code, out, err = _run(capsys, "predict", copy, demo_images()[0], "--no-verify", "-q")
+def test_no_verify_runs_a_modified_artifact_and_says_so(artifact_copy, capsys):
+    _flip(artifact_copy / "vdsp_params.json", at=0.0)  # '{' -> 'z': the engine never reads it, so the run can go on
+    code, out, err = _run(capsys, "predict", artifact_copy, demo_images()[0], "--no-verify", "-q")
     assert code == 0 and "1 images predicted" in out
     assert "--no-verify: the artifact's files are not checked" in err
 
 
-def test_missing_or_unlisted_files_are_refused(copy):
-    (copy / "vdsp_params.json").unlink()
+def test_missing_or_unlisted_files_are_refused(artifact_copy):
+    (artifact_copy / "vdsp_params.json").unlink()
     with pytest.raises(CvzooError, match="vdsp_params.json: listed in the manifest but missing"):
-        Artifact.load(copy)
-    m = json.loads((copy / "manifest.json").read_text())
+        Artifact.load(artifact_copy)
+    m = json.loads((artifact_copy / "manifest.json").read_text())
     del m["files"]["model.onnx"]
-    (copy / "manifest.json").write_text(json.dumps(m))
+    (artifact_copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CvzooError, match="lists no sha256 for model.onnx"):
-        Artifact.load(copy)
-    assert Artifact.load(copy, verify_hashes=False).name == "tf_efficientnet_lite0"
+        Artifact.load(artifact_copy)
+    assert Artifact.load(artifact_copy, verify_hashes=False).name == "tf_efficientnet_lite0"

@@ -1,7 +1,6 @@
 """manifest.json is one typed record: written and read through cvzoo.manifest.Manifest; format 1 still loads."""
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from cvzoo.manifest import FORMAT_VERSION, Manifest, field_list
 REFERENCE = Path(__file__).parent / "reference"
 
 
-@pytest.fixture
-def copy(artifacts, tmp_path):
-    dst = tmp_path / "art"
-    shutil.copytree(artifacts("tf_efficientnet_lite0"), dst)
-    return dst
-
-
 def _rewrite(folder: Path, change) -> None:
     path = folder / "manifest.json"
     m = json.loads(path.read_text())
@@ -35,14 +27,16 @@ def _as_v1(m: dict) -> None:
     m.update(format_version=1, inputs=io["inputs"], outputs=io["outputs"])
 
 
-def test_a_format_1_artifact_loads_and_predicts_the_same(copy, capsys):
-    before = main(["predict", str(copy), str(demo_images()[0]), "--jsonl", str(copy.parent / "v2.jsonl")])
-    _rewrite(copy, _as_v1)
-    art = Artifact.load(copy)
+def test_a_format_1_artifact_loads_and_predicts_the_same(artifact_copy, capsys):
+    predict = lambda jsonl: main(["predict", str(artifact_copy), str(demo_images()[0]), "--jsonl",
+                                  str(artifact_copy.parent / jsonl)])
+    before = predict("v2.jsonl")
+    _rewrite(artifact_copy, _as_v1)
+    art = Artifact.load(artifact_copy)
     assert art.manifest.format_version == FORMAT_VERSION and art.input_name == "input"
     assert art.manifest.io.inputs[0].shape == ["batch", 3, 224, 224]
-    assert main(["predict", str(copy), str(demo_images()[0]), "--jsonl", str(copy.parent / "v1.jsonl")]) == before == 0
-    assert (copy.parent / "v1.jsonl").read_text() == (copy.parent / "v2.jsonl").read_text()
+    assert predict("v1.jsonl") == before == 0
+    assert (artifact_copy.parent / "v1.jsonl").read_text() == (artifact_copy.parent / "v2.jsonl").read_text()
 
 
 def test_real_format_1_manifests_of_every_kind_validate():
@@ -62,20 +56,20 @@ def test_real_format_1_manifests_of_every_kind_validate():
     (lambda m: m["io"]["inputs"][0].update(shape="224"), "io.inputs.0.shape"),
     (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer cvzoo"),
 ])
-def test_an_invalid_manifest_is_one_line_naming_file_and_field(copy, capsys, change, says):
-    _rewrite(copy, change)
-    with pytest.raises(CvzooError, match=re.escape(str(copy / "manifest.json")) + ".*" + re.escape(says)):
-        Artifact.load(copy)
-    assert main(["predict", str(copy), str(demo_images()[0])]) == 2
+def test_an_invalid_manifest_is_one_line_naming_file_and_field(artifact_copy, capsys, change, says):
+    _rewrite(artifact_copy, change)
+    with pytest.raises(CvzooError, match=re.escape(str(artifact_copy / "manifest.json")) + ".*" + re.escape(says)):
+        Artifact.load(artifact_copy)
+    assert main(["predict", str(artifact_copy), str(demo_images()[0])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and says in err
 
 
-def test_writing_goes_through_the_type(copy, tmp_path):
-    m = json.loads((copy / "manifest.json").read_text())
+def test_writing_goes_through_the_type(artifact_copy, tmp_path):
+    m = json.loads((artifact_copy / "manifest.json").read_text())
     out = tmp_path / "w"
     out.mkdir()
-    (out / "model.onnx").write_bytes((copy / "model.onnx").read_bytes())
+    (out / "model.onnx").write_bytes((artifact_copy / "model.onnx").read_bytes())
     with pytest.raises(ValidationError, match="weights"):  # neither a checkpoint nor a random-init note
         write_manifest(out, {**m, "weights": {}})
     with pytest.raises(ValidationError, match="engin_format"):  # a misspelt section fails where it is written
