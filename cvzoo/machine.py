@@ -14,6 +14,10 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# oneDNN's ONEDNN_MAX_CPU_ISA values that leave out its VNNI int8 kernels
+NO_VNNI_ISA_CAPS = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
 def machine_info() -> dict:
     cpu, flags = platform.processor(), ""
     try:
@@ -29,11 +33,15 @@ def machine_info() -> dict:
             # what OpenVINO's fp16/bf16 builds compute with; without them it falls back to f32. f16 is fast only
             # with AMX-FP16: on AVX512-FP16 alone it ran slower than f32 (docs/benchmarks.md)
             "avx512_fp16": " avx512_fp16" in flags, "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags,
-            "amx_fp16": " amx_fp16" in flags, "amx_int8": " amx_int8" in flags}
+            "amx_fp16": " amx_fp16" in flags, "amx_int8": " amx_int8" in flags,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
 
 
-def has_vnni(m: dict | None = None) -> bool:
+def has_vnni(m: dict | None = None, engine: str = "onnxruntime") -> bool:
     """An int8 dot product that sums u8 x s8 pairs in 32 bits. Without it (plain AVX2) ONNX Runtime's u8 x s8
-    kernels add pairs of products in 16 bits, which saturate on full-range 8-bit weights."""
+    kernels add pairs of products in 16 bits, which saturate on full-range 8-bit weights. OpenVINO's kernels
+    (oneDNN) also honour an ISA cap below VNNI, so that a build here measures what they compute on an AVX2 CPU."""
     m = m or machine_info()
+    if engine == "openvino" and (m.get("onednn_max_cpu_isa") or "").upper() in NO_VNNI_ISA_CAPS:
+        return False
     return bool(m["avx512_vnni"] or m["avx_vnni"] or m["amx_int8"])

@@ -157,11 +157,11 @@ def test_equalization_keeps_the_float_network_and_rescues_a_crushed_channel(tmp_
     assert after < before / 100, (before, after)
 
 
-def _biased_net(path):
-    """x (positive mean) -> conv (1x1, each output: one weight 1.0 and seven of 0.0035, which per-channel int8
-    rounds to 0: every output loses 7 x 0.0035 x mean(x)) -> pool -> gemm. A planted mean shift."""
+def _biased_net(path, small: float = 0.0035):
+    """x (positive mean) -> conv (1x1, each output: one weight 1.0 and seven of `small`; 0.0035, which per-channel
+    int8 rounds to 0: every output loses 7 x 0.0035 x mean(x)) -> pool -> gemm. A planted mean shift."""
     from onnx import helper, numpy_helper
-    w = np.full((4, 8, 1, 1), 0.0035, np.float32)
+    w = np.full((4, 8, 1, 1), small, np.float32)
     w[np.arange(4), np.arange(4)] = 1.0
     wf = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b"),
@@ -293,8 +293,42 @@ def test_weight_forms_follow_the_target_cpu(monkeypatch, vnni, target, family):
     """With VNNI, s8 only (7-bit weights run the same instruction and only lose precision). Without VNNI the 7-bit
     form is the reference; full-range s8 is offered only where it runs on the kernels it will be checked on (built on a VNNI machine for one without, it could saturate there unseen)."""
     from cvzoo.quantize import plan
-    monkeypatch.setattr(plan, "has_vnni", lambda: vnni)
+    monkeypatch.setattr(plan, "has_vnni", lambda **_: vnni)
     assert plan.weight_family("auto", target) == family and plan.weight_family("u8", target) == ("u8",)
+
+
+_OV_KERNELS = """
+import sys, openvino as ov
+m = ov.Core().compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+print(sorted({op.get_rt_info()["primitiveType"].astype(str) for op in m.get_runtime_model().get_ops()
+              if op.get_rt_info()["runtimePrecision"].astype(str) == "u8"
+              and op.get_rt_info()["layerType"].astype(str) == "Convolution"}))
+"""
+
+
+def test_an_isa_cap_below_vnni_gives_openvino_builds_the_kernels_and_weights_of_an_avx2_cpu(tmp_path, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2: OpenVINO compiles its int8 convs with AVX2 kernels (checked on the compiled graph),
+    so an openvino build here measures 7-bit and full-range s8 weights as an AVX2 CPU computes them. ONNX Runtime
+    does not honour the cap: its builds keep this CPU's forms."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("openvino")
+    from cvzoo import machine
+    from cvzoo.quantize import plan
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    x = np.random.default_rng(9).standard_normal((16, 4, 8, 8)).astype(np.float32)
+    q = _int8(tmp_path / "fp32.onnx", tmp_path / "q.onnx", x, form=Int8Form(weights="s8", outputs=False))
+    kernels = lambda env: subprocess.run([sys.executable, "-c", _OV_KERNELS, str(q)], capture_output=True, text=True,
+                                         env={**os.environ, **env}, check=True).stdout
+    capped = kernels({"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert "avx2" in capped and "avx512" not in capped, capped
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    vnni_cpu = {**machine.machine_info(), "avx512_vnni": True}
+    assert not machine.has_vnni(vnni_cpu, "openvino") and machine.has_vnni(vnni_cpu, "onnxruntime")
+    if machine.has_vnni(engine="onnxruntime"):
+        assert plan.weight_family("auto", "auto", "openvino") == ("s7", "s8")
+        assert plan.weight_family("auto", "auto", "onnxruntime") == ("s8",)
 
 
 def test_equally_fast_forms_are_decided_by_accuracy():
@@ -410,6 +444,31 @@ def test_search_recovers_with_equalization_before_excluding_nodes(tmp_path):
     assert set(r.form_timings_b1_s) >= {"fp32", "qdq-s8", "qoperator-s8"}
     assert r.form.label in r.form_timings_b1_s and set(r.speedup) == {"b1", "b8"}
     assert any("recovery equalization" in line and "kept" in line for line in said)
+
+
+def test_without_vnni_full_range_s8_weights_are_a_recovery_step_measured_on_the_engine(tmp_path, monkeypatch):
+    """Without VNNI, 7-bit weights are the reference; whether an engine's kernels saturate full-range s8 depends on
+    the engine and the model, so the first step measures s8 there and keeps it only where it is closer to fp32. The
+    planted 0.006 weights round to 0 in 7 bits and to 1/127 in 8."""
+    from cvzoo import machine
+    from cvzoo.quantize import plan, quantize_int8
+    monkeypatch.setattr(plan, "has_vnni", lambda **_: False)
+    _biased_net(tmp_path / "fp32.onnx", small=0.006)
+    rng = np.random.default_rng(12)
+    x = 1.0 + 0.2 * rng.standard_normal((300, 8, 1, 1)) + 0.1 * rng.standard_normal((300, 8, 8, 8))
+    x = x.astype(np.float32)
+    _centered(tmp_path / "fp32.onnx", x)
+    cfg = _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0)
+    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
+    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}" for i in range(100)], x[100:],
+                      labels, cfg, "onnxruntime", lambda m: None)
+    assert not r.before.passes(0.5) and r.steps[0]["step"] == "weights_s8"
+    s8 = r.steps[0]
+    assert s8["kept"] == (s8["fidelity"]["kl"] < r.before.kl)
+    assert r.plan.weights == (("s8", "s7") if s8["kept"] else ("s7", "s8"))
+    assert {"qdq-s7", "qdq-s8"} <= set(r.form_timings_b1_s)
+    if machine.has_vnni():  # this CPU's kernels do not saturate: s8 only adds precision
+        assert s8["kept"] and r.passed and r.form.weights == "s8"
 
 
 def test_search_that_cannot_meet_its_target_says_so(tmp_path):

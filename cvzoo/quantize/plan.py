@@ -2,11 +2,12 @@
 the guard's target on the held-out images.
 
 Order: (1) every Conv/Gemm/MatMul in int8 with robust ranges; (2) recovery steps that keep every node in int8
-(the other range aggregate, Q/DQ on conv inputs only, cross-layer equalization, bias correction, u8 weights), each
-kept only if it lowers the held-out KL; (3) only then the fewest most sensitive nodes in float. Steps run only
-while the target is missed. Every candidate form of the final plan is then checked and timed on the target
-engine, and the fastest that passes is kept. The steps measure the form the engine is likely to run fastest (on
-OpenVINO, Q/DQ on conv inputs only), so that what they recover is not given back in speed."""
+(full-range s8 weights where 7-bit is the reference, the other range aggregate, Q/DQ on conv inputs only,
+cross-layer equalization, bias correction, u8 weights), each kept only if it lowers the held-out KL; (3) only
+then the fewest most sensitive nodes in float. Steps run only while the target is missed. Every candidate form of
+the final plan is then checked and timed on the target engine, and the fastest that passes is kept. The steps
+measure the form the engine is likely to run fastest (on OpenVINO, Q/DQ on conv inputs only), so that what they
+recover is not given back in speed."""
 from __future__ import annotations
 
 import itertools
@@ -93,14 +94,14 @@ def fastest_then_closest(attempts: Sequence[Attempt], cost: dict[str, float]) ->
     return min((a for a in attempts if cost[a.form.label] <= fastest * (1 + SPEED_TIE)), key=lambda a: a.fidelity.kl)
 
 
-def weight_family(pinned: str, target_cpu: str) -> tuple[str, ...]:
+def weight_family(pinned: str, target_cpu: str, engine: str = "onnxruntime") -> tuple[str, ...]:
     """auto: with VNNI, s8 only (7-bit weights run the same dot-product instruction there and only lose precision,
-    so timing them would pick between equals by noise). Without VNNI, 7-bit first (the reference the recovery steps
-    measure), since full-range s8 can saturate ONNX Runtime's kernels there; s8 is still checked on those kernels.
+    so timing them would pick between equals by noise). Without VNNI, 7-bit first (the reference), since full-range
+    s8 can saturate the kernels there; the first recovery step measures s8, and the end checks and times both.
     For another CPU without VNNI (target_cpu no_vnni on a VNNI machine) s8 is not offered: it cannot be checked here."""
     if pinned != "auto":
         return (pinned,)
-    if not has_vnni():
+    if not has_vnni(engine=engine):
         return ("s7", "s8")
     return ("s7",) if target_cpu == "no_vnni" else ("s8",)
 
@@ -157,7 +158,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     def ok(f: Fidelity) -> bool:
         return f.passes(g.max_top1_drop, g.min_agreement)
 
-    plan = Plan(prepped, q.calibrate_mode, weight_family(q.weights, q.target_cpu), q.quantize_outputs)
+    plan = Plan(prepped, q.calibrate_mode, weight_family(q.weights, q.target_cpu, engine), q.quantize_outputs)
     first = candidates(engine, q.format, plan.weights[:1], plan.outputs)[0]
     current = realize(plan, first)
     before = current.fidelity
@@ -234,7 +235,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
             "fuse into int8 kernels only round the values (a form pinned by the config?)")
     if result.speedup["b1"] < 1.0:
         why = f"{len(excluded)} nodes kept in float add conversions" if excluded else ""
-        if not has_vnni() or q.target_cpu == "no_vnni":
+        if not has_vnni(engine=engine) or q.target_cpu == "no_vnni":
             why = "this CPU has no VNNI int8 dot product" + (f"; {why}" if why else "")
         say(f"note: int8 is slower than fp32 with {engine} here ({why or 'small model'}); the artifact still stores "
             "8-bit weights" + (" and its QDQ form feeds OpenVINO/TensorRT" if chosen.form.format == "qdq" else ""))
@@ -245,6 +246,11 @@ def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray
           qdq_graph: Callable[..., Path]) -> Optional[tuple[Plan, str]]:
     """The plan with one recovery step applied, and a word on what it did; None where it does not apply."""
     import onnx
+    if step == "weights_s8":
+        if plan.weights[0] != "s7" or "s8" not in plan.weights:
+            return None  # s8 is the reference already (VNNI), or it is not offered (pinned, target_cpu no_vnni)
+        return (replace(plan, weights=("s8", *[w for w in plan.weights if w != "s8"])),
+                "full-range s8 weights: whether this engine's kernels saturate them without VNNI is measured")
     if step == "ranges":
         if plan.ranges not in ("robust", "mean_minmax"):
             return replace(plan, ranges="robust"), f"robust instead of {plan.ranges}"
