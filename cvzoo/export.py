@@ -200,7 +200,10 @@ def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, 
 def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: int = DEFAULT_OPSET) -> Artifact:
     """The verified fp32 export of (card, weights, size, opset) with these library versions, made once and kept in
     the cache (CVZOO_CACHE): a second build of the same model skips export and verification. A cached copy whose
-    files no longer match its manifest is exported again."""
+    files no longer match its manifest is exported again. Builds running at once (a sweep's jobs, test workers) wait
+    for the one that exports: a second export would replace the folder under the first one's readers."""
+    from filelock import FileLock
+
     from .artifact import default_cache, is_artifact
     key = json.dumps({"card": card.model_dump(mode="json"), "weights": sha256(weights) if weights else "random",
                       "size": size, "opset": opset,
@@ -208,9 +211,11 @@ def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: in
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     out = default_cache() / "exports" / f"{card.name}-{size}-{digest}"
-    if is_artifact(out):
-        try:
-            return Artifact.load(out, verify_hashes=True)
-        except CvzooError:
-            pass
-    return export(card, weights=weights, out=out, size=size, opset=opset, force=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(f".{out.name}.lock")):
+        if is_artifact(out):
+            try:
+                return Artifact.load(out, verify_hashes=True)
+            except CvzooError:
+                pass
+        return export(card, weights=weights, out=out, size=size, opset=opset, force=True)

@@ -105,3 +105,22 @@ def test_cached_export_is_made_once_and_remade_when_modified(monkeypatch, tmp_pa
     model.write_bytes(bytes(data))
     assert cached_export(card, None, 96).folder == first and calls == [96, 128, 96]
     Artifact.load(first, verify_hashes=True)  # the copy in the cache is whole again
+
+
+def test_builds_at_once_share_one_export(monkeypatch, tmp_path):
+    """Two builds of one model at once (a sweep's jobs, test workers): one exports, the other waits for it and takes
+    the same folder, instead of exporting again and replacing the folder under the first one's readers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cvzoo.card import get_card
+    from cvzoo.export import cached_export
+    monkeypatch.setenv("CVZOO_CACHE", str(tmp_path))
+    calls = []
+    real = export_mod.export
+    monkeypatch.setattr(export_mod, "export", lambda *a, **k: calls.append(k.get("size")) or real(*a, **k))
+    card = get_card("dla46_c")
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: cached_export(card, None, 64).folder, range(2)))
+    assert calls == [64] and folders[0] == folders[1]
+    assert [p.name for p in (tmp_path / "exports").iterdir() if p.is_dir()] == [folders[0].name]
+
