@@ -6,7 +6,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .artifact import Artifact, default_cache, is_artifact
+from .artifact import Artifact, is_artifact
 from .engines import Engine, accepts_uint8, load_engine
 from .errors import CvzooError
 from .postprocess import Prediction, predictions_from_logits
@@ -21,7 +21,6 @@ def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None
         return Path(model)
     if Path(model).exists():
         raise CvzooError(f"{model}: not a cvzoo artifact (no manifest.json) and not a model name")
-    from .artifact import sha256
     from .card import get_card
     card = get_card(str(model))
     if weights is None and not random_init:
@@ -30,13 +29,9 @@ def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None
                              "--random-init to run untrained weights anyway")
         weights = "default"
     from .checkpoint import resolve_default_weights
+    from .export import cached_export
     wpath = resolve_default_weights(card) if str(weights) == "default" else weights
-    tag = sha256(Path(wpath))[:12] if wpath else "random"
-    out = default_cache() / "artifacts" / f"{card.name}-{size or card.input_size}-fp32-{tag}"
-    if not is_artifact(out):
-        from .export import export
-        export(card, weights=wpath, out=out, size=size, force=out.exists())
-    return out
+    return cached_export(card, Path(wpath) if wpath else None, size or card.input_size).folder
 
 
 def require_weights(art: Artifact, random_init: bool = False) -> Artifact:

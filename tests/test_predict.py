@@ -112,7 +112,7 @@ def test_deploy_path_needs_no_torch(tmp_path, artifacts):
 def test_predictor_on_model_name_exports_into_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CVZOO_CACHE", str(tmp_path))
     p = Predictor("dla46_c", random_init=True)
-    assert (tmp_path / "artifacts").is_dir() and p.artifact.name == "dla46_c"
+    assert (tmp_path / "exports").is_dir() and p.artifact.name == "dla46_c"  # the cache builds export into
     assert Predictor("dla46_c", random_init=True).artifact.folder == p.artifact.folder  # reused
 
 
