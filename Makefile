@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # torch and torchvision are pinned to the x86_64 wheels on this machine's disk (see DEVELOPERS notes in README).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# one pytest-xdist worker per CPU this process may use; tests/conftest.py pins each worker to its own
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 # The real mmpretrain and PaddleClas, each in its own venv (PaddleClas pins numpy 1.24), for tests/test_sources.py.
 SOURCE_ENVS ?= .venv-sources
 SOURCES := paddleclas mmpretrain
@@ -46,11 +48,12 @@ demo: venv
 	$(BIN)/python -m cvzoo demo
 
 test: venv source-envs
-	$(BIN)/python -m pytest -q -ra --timeout=1800 --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --timeout=1800 --durations=20 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The inner loop: unit and synthetic tests, no ../shared data, no source venvs, no zoo-wide export matrix.
 test-fast: venv
-	$(BIN)/python -m pytest -q -ra --timeout=600 --durations=10 -m "not slow and not shared and not zoo" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --timeout=600 --durations=10 -n $(TEST_WORKERS) --dist loadgroup \
+		-m "not slow and not shared and not zoo" $(PYTEST_ARGS)
 
 # What benchmarks/gpu_session.sh needs on the device machine, whose image has torch, timm, onnx and
 # onnxruntime but not these: wheels for its Python 3.12 (pins: the versions the tests pass with here), and

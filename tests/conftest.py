@@ -4,8 +4,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+# `make test` runs one pytest-xdist worker per core. Each worker is pinned to its own core before numpy or torch
+# start their thread pools: the engines size theirs to the cores a process may use (machine.physical_cores), and
+# two workers each running two threads on two cores ran slower than one worker.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and hasattr(os, "sched_setaffinity"):
+    _n, _cpus = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), sorted(os.sched_getaffinity(0))
+    if len(_cpus) >= _n:
+        os.sched_setaffinity(0, _cpus[int(_WORKER.removeprefix("gw")) % _n::_n])
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CVZOO_SHARED", ROOT.parent / "shared")).resolve()
@@ -44,12 +53,21 @@ def batched(items, size):
         yield items[i:i + size]
 
 
+def session_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every worker of this test session shares (pytest-xdist gives each worker its own temp root)."""
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if _WORKER else root) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory):
-    """One cache for the session (and the CLI processes it starts): every build of a model reuses one verified fp32
-    export, and nothing is written to the user's ~/.cache."""
+    """One cache for the session, its workers and the CLI processes they start: every build of a model reuses one
+    verified fp32 export (cached_export locks it while one exports), and nothing is written to the user's
+    ~/.cache."""
     old = os.environ.get("CVZOO_CACHE")
-    os.environ["CVZOO_CACHE"] = str(tmp_path_factory.mktemp("cvzoo-cache"))
+    os.environ["CVZOO_CACHE"] = str(session_dir(tmp_path_factory, "cvzoo-cache"))
     yield Path(os.environ["CVZOO_CACHE"])
     if old is None:
         os.environ.pop("CVZOO_CACHE", None)
@@ -63,27 +81,30 @@ def eval_files(name: str) -> list[tuple[Path, int]]:
 
 
 @pytest.fixture(scope="session")
-def torch_top1_ids():
+def torch_top1_ids(tmp_path_factory):
     """name -> PyTorch's top-1 class for each of eval_files(name), the card's weights and preprocessing: computed
-    once per session for the tests that hold cvzoo's numbers against PyTorch's."""
+    once per session (by whichever worker asks first) for the tests that hold cvzoo's numbers against PyTorch's."""
     import torch
+    from filelock import FileLock
 
     from cvzoo.card import get_card
     from cvzoo.models import create_model
     from cvzoo.preprocess import load_image, preprocess_image
-    cache = {}
+    folder = session_dir(tmp_path_factory, "torch-top1")
 
     def get(name):
-        if name not in cache:
-            card = get_card(name)
-            model = create_model(card, weights="default")
-            ids = []
-            with torch.inference_mode():  # batch 8: depthwise nets run twice as fast in eager as at 50 (cache)
-                for chunk in batched(eval_files(name), 8):
-                    x = np.stack([preprocess_image(load_image(f), card.preprocessing) for f, _ in chunk])
-                    ids += model(torch.from_numpy(x)).argmax(1).tolist()
-            cache[name] = np.array(ids)
-        return cache[name]
+        path = folder / f"{name}.npy"
+        with FileLock(f"{path}.lock"):
+            if not path.exists():
+                card = get_card(name)
+                model = create_model(card, weights="default")
+                ids = []
+                with torch.inference_mode():  # batch 8: depthwise nets run twice as fast in eager as at 50 (cache)
+                    for chunk in batched(eval_files(name), 8):
+                        x = np.stack([preprocess_image(load_image(f), card.preprocessing) for f, _ in chunk])
+                        ids += model(torch.from_numpy(x)).argmax(1).tolist()
+                np.save(path, np.array(ids))
+        return np.load(path)
     return get
 
 

@@ -54,6 +54,7 @@ def _meets_on_imagenette(art, name, target, engine="onnxruntime"):
 
 @pytest.mark.shared
 @pytest.mark.slow
+@pytest.mark.xdist_group("effnetv2_generic_int8")
 def test_efficientnetv2_on_generic_photos_meets_its_target_with_a_handful_in_float(effnetv2_generic_int8):
     """The case that lost 58 points (pooled percentile ranges set by two photos): default settings, calibrated on
     ImageNet photos of other classes, evaluated on Imagenette val (none of them used by the build)."""

@@ -21,6 +21,7 @@ def _self_contained(urls: list[str], html: Path) -> bool:
 
 @pytest.mark.shared
 @pytest.mark.slow
+@pytest.mark.xdist_group("effnetv2_generic_int8")
 def test_build_report_in_a_browser(browser, effnetv2_generic_int8):
     art, _ = effnetv2_generic_int8
     html = art / "report.html"
@@ -41,6 +42,7 @@ def test_build_report_in_a_browser(browser, effnetv2_generic_int8):
 
 @pytest.mark.shared
 @pytest.mark.slow
+@pytest.mark.xdist_group("local_sweep")
 def test_sweep_index_in_a_browser(browser, local_sweep):
     out, table_rows, _ = local_sweep
     html = out / "index.html"

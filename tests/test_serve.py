@@ -17,6 +17,7 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
+pytestmark = pytest.mark.xdist_group("server")  # the module's server fixture, started once
 
 from cvzoo.datasets import demo_images  # noqa: E402
 from cvzoo.engines import load_engine  # noqa: E402
@@ -267,6 +268,7 @@ def test_a_modified_artifact_is_refused_at_start_up(artifacts, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray at a time
 def test_the_same_app_as_a_ray_serve_deployment(artifacts, tmp_path):
     """`--ray local`: a local Ray, two replicas behind Ray's HTTP proxy, the same answers; SIGTERM removes the
     deployment and stops that Ray."""

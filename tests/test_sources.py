@@ -25,6 +25,8 @@ from cvzoo.pdparams import read_pdparams
 from cvzoo.preprocess import load_image, resize_crop
 from tests.conftest import IMAGENET_SAMPLE, ROOT
 
+pytestmark = pytest.mark.xdist_group("source_dumps")  # one worker runs both libraries' dumps, once
+
 SOURCES = Path(os.environ.get("CVZOO_SOURCE_ENVS", ROOT / ".venv-sources"))
 PPCLS = {c.name: c for c in list_models() if "ppcls" in c.checkpoint}
 MMCLS = {c.name: c for c in list_models() if "mmcls" in c.checkpoint}

@@ -26,6 +26,7 @@ def _check(out, table):
 
 @pytest.mark.shared
 @pytest.mark.slow
+@pytest.mark.xdist_group("local_sweep")
 def test_sweep_local_then_cached(local_sweep):
     out, table, args = local_sweep
     kw = {k: v for k, v in args.items() if k != "models"}
@@ -38,6 +39,7 @@ def test_sweep_local_then_cached(local_sweep):
 
 @pytest.mark.shared
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_sweep_on_local_ray(tmp_path):
     """The same jobs dispatched to Ray workers (fp32 only: an int8 job is the same run_job, tested above)."""
     pytest.importorskip("ray")
