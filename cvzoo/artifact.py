@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from .card import Preprocessing
 from .errors import CvzooError
 from .manifest import FORMAT_VERSION, Manifest
+from .postprocess import created_mode
 
 MANIFEST = "manifest.json"
 
@@ -57,6 +58,7 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
         yield tmp
+        os.chmod(tmp, created_mode(directory=True))
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -78,6 +78,22 @@ def parse_result_txt(lines: Iterable[str]) -> dict[str, list[tuple[int, int, flo
     return out
 
 
+def _read_umask() -> int:
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: setting it to read it is not thread-safe
+
+
+def created_mode(directory: bool = False) -> int:
+    """The mode open() / mkdir() would give under this process's umask. tempfile's files (0600) and folders (0700)
+    are private to their creator: renamed into place as a result or an artifact, nobody else could read them."""
+    return (0o777 if directory else 0o666) & ~_UMASK
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a whole file so that readers see the old or the new content, never half of it."""
     import os
@@ -90,6 +106,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, created_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -52,3 +52,20 @@ def test_missing_or_unlisted_files_are_refused(artifact_copy):
     with pytest.raises(CvzooError, match="lists no sha256 for model.onnx"):
         Artifact.load(artifact_copy)
     assert Artifact.load(artifact_copy, verify_hashes=False).name == "tf_efficientnet_lite0"
+
+
+def test_artifacts_and_results_are_readable_like_any_file_this_user_writes(tmp_path):
+    """Written through a private temporary (tempfile: 0700 folders, 0600 files) and renamed into place, they kept
+    those modes: an artifact built by one user, or in a container, could not be read by the service that runs it."""
+    import os
+    import stat
+
+    from cvzoo.artifact import atomic_dir
+    from cvzoo.postprocess import write_text_atomic
+    mask = os.umask(0)
+    os.umask(mask)
+    with atomic_dir(tmp_path / "art") as d:
+        (d / "model.onnx").write_bytes(b"x")
+    write_text_atomic(tmp_path / "summary.json", "{}")
+    assert stat.S_IMODE((tmp_path / "art").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o666 & ~mask
