@@ -8,10 +8,11 @@ from pathlib import Path
 # start their thread pools: the engines size theirs to the cores a process may use (machine.physical_cores), and
 # two workers each running two threads on two cores ran slower than one worker.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if _WORKER and hasattr(os, "sched_setaffinity"):
-    _n, _cpus = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), sorted(os.sched_getaffinity(0))
-    if len(_cpus) >= _n:
-        os.sched_setaffinity(0, _cpus[int(_WORKER.removeprefix("gw")) % _n::_n])
+_ALL_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+if _WORKER and _ALL_CPUS:
+    _n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if len(_ALL_CPUS) >= _n:
+        os.sched_setaffinity(0, _ALL_CPUS[int(_WORKER.removeprefix("gw")) % _n::_n])
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -51,6 +52,20 @@ def imagenette_files() -> list[tuple[Path, int]]:
 def batched(items, size):
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+@pytest.fixture
+def all_cores():
+    """The test runs on every core of the machine, not only its worker's (for what only shows with several)."""
+    if not _ALL_CPUS:
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, _ALL_CPUS)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
 
 
 def session_dir(tmp_path_factory, name: str) -> Path:

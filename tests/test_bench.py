@@ -227,7 +227,7 @@ def test_torch_cuda_engine_matches_ort(name, weights, artifacts):
         assert top1 == gpu.run(np.stack(crops)).argmax(1).tolist()
 
 
-def test_openvino_instances_sharing_the_cores_are_not_pinned(artifacts):
+def test_openvino_instances_sharing_the_cores_are_not_pinned(artifacts, all_cores):
     """OpenVINO pins its threads to the first cores: two 1-thread instances both landed on core 0 (measured:
     2 x 17.8 img/s, no more than one instance alone). Instances with fewer threads than cores now float."""
     pytest.importorskip("openvino")
