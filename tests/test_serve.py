@@ -268,7 +268,7 @@ def test_a_modified_artifact_is_refused_at_start_up(artifacts, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")  # one local Ray at a time
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (with test_sweep's, in the group "ray_server")
 def test_the_same_app_as_a_ray_serve_deployment(artifacts, tmp_path):
     """`--ray local`: a local Ray, two replicas behind Ray's HTTP proxy, the same answers; SIGTERM removes the
     deployment and stops that Ray."""

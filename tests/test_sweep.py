@@ -40,6 +40,7 @@ def test_sweep_local_then_cached(local_sweep):
 @pytest.mark.shared
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("server")  # one local Ray at a time: the Ray Serve test is in test_serve's group too
 def test_sweep_on_local_ray(tmp_path):
     """The same jobs dispatched to Ray workers (fp32 only: an int8 job is the same run_job, tested above)."""
     pytest.importorskip("ray")
