@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 # `make test` runs one pytest-xdist worker per core. Each worker is pinned to its own core before numpy or torch
-# start their thread pools: the engines size theirs to the cores a process may use (machine.physical_cores), and
-# two workers each running two threads on two cores ran slower than one worker.
+# start their thread pools: the engines size theirs to the cores a process may use (machine.physical_cores), so two
+# workers never run four spinning engine threads on two cores.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _ALL_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 if _WORKER and _ALL_CPUS:

@@ -158,8 +158,8 @@ def test_equalization_keeps_the_float_network_and_rescues_a_crushed_channel(tmp_
 
 
 def _biased_net(path, small: float = 0.0035):
-    """x (positive mean) -> conv (1x1, each output: one weight 1.0 and seven of `small`; 0.0035, which per-channel
-    int8 rounds to 0: every output loses 7 x 0.0035 x mean(x)) -> pool -> gemm. A planted mean shift."""
+    """x (positive mean) -> conv (1x1, each output: one weight 1.0 and seven of `small`; per-channel int8 rounds
+    the default 0.0035 to 0, so every output loses 7 x 0.0035 x mean(x)) -> pool -> gemm. A planted mean shift."""
     from onnx import helper, numpy_helper
     w = np.full((4, 8, 1, 1), small, np.float32)
     w[np.arange(4), np.arange(4)] = 1.0
