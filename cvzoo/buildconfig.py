@@ -14,7 +14,7 @@ from .errors import CvzooError
 # mean_minmax: each image's min/max averaged (NNCF's default for per-tensor activations); the others pool every
 # image's values (ONNX Runtime's calibrators), so one image with extreme activations sets a small tensor's range
 CalibrateMode = Literal["robust", "mean_minmax", "minmax", "percentile", "entropy", "distribution"]
-RecoveryStep = Literal["weights_s8", "ranges", "placement", "equalization", "bias_correction", "weights_u8"]
+RecoveryStep = Literal["weights_s8", "weights_s8_after_stem", "ranges", "placement", "equalization", "bias_correction", "weights_u8"]
 CALIBRATE_ALIASES = {"kl_divergence": "entropy", "kl": "entropy", "max": "minmax"}  # the seeds' names
 
 
@@ -44,8 +44,9 @@ class QuantizeConfig(_Cfg):
     op_types: list[str] = Field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
     # tried in this order while the guard's target is missed, each kept only if it helps on the held-out images;
     # after them, the fewest most sensitive nodes are kept in float
-    recovery: list[RecoveryStep] = Field(default_factory=lambda: ["weights_s8", "ranges", "placement", "equalization",
-                                                                  "bias_correction", "weights_u8"])
+    recovery: list[RecoveryStep] = Field(default_factory=lambda: ["weights_s8", "weights_s8_after_stem", "ranges",
+                                                                  "placement", "equalization", "bias_correction",
+                                                                  "weights_u8"])
 
     @model_validator(mode="after")
     def _placement(self):

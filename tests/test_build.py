@@ -143,7 +143,7 @@ def test_build_is_deterministic_and_records_settings(tmp_path):
     q = m["build"]["quantization"]
     assert q["calibrate_mode"] == "robust" and q["per_channel"] is True and q["form"] == "qdq-s8"
     assert q["plan"] == {"ranges": "robust", "weights": ["s8"], "outputs": None, "equalized": False,
-                         "bias_corrected": False}
+                         "bias_corrected": False, "s7_weights": []}
     assert len(m["build"]["calibration"]["files"]) == 40 and len(m["build"]["guard"]["held_out"]) == 20
     assert all(len(f["sha256"]) == 64 for f in m["build"]["calibration"]["files"])
     assert m["build"]["guard"]["passed"] is None and m["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8

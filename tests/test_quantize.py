@@ -471,6 +471,39 @@ def test_without_vnni_full_range_s8_weights_are_a_recovery_step_measured_on_the_
         assert s8["kept"] and r.passed and r.form.weights == "s8"
 
 
+def test_s8_weights_past_the_stem_keep_the_convs_reading_the_image_in_7_bits(tmp_path, monkeypatch):
+    """Without VNNI, the conv that reads the image sees u8 inputs over the whole range, where two 8-bit products
+    overflow a 16-bit sum (OpenVINO's AVX2 kernels on dla34: s8 in that one conv alone doubled the held-out KL, in
+    any other conv it changed nothing). The step gives every other conv s8 weights: here a later conv whose 0.006
+    weights 7 bits round to 0."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from cvzoo.quantize import plan, quantize_int8
+    monkeypatch.setattr(plan, "has_vnni", lambda **_: False)
+    _biased_net(tmp_path / "biased.onnx", small=0.006)
+    m = onnx.load(str(tmp_path / "biased.onnx"))  # x -> stem (1x1, identity, 8 -> 8) -> the biased conv ...
+    stem = helper.make_node("Conv", ["x", "ws", "bs"], ["s"], name="stem")
+    m.graph.node[0].input[0] = "s"
+    m.graph.node.insert(0, stem)
+    m.graph.initializer.extend([numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "ws"),
+                                numpy_helper.from_array(np.zeros(8, np.float32), "bs")])
+    onnx.save(m, str(tmp_path / "fp32.onnx"))
+    rng = np.random.default_rng(12)
+    x = (1.0 + 0.2 * rng.standard_normal((300, 8, 1, 1)) + 0.1 * rng.standard_normal((300, 8, 8, 8))).astype(np.float32)
+    _centered(tmp_path / "fp32.onnx", x)
+    cfg = _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0)
+    cfg.quantize.recovery = ["weights_s8_after_stem"]
+    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
+    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}" for i in range(100)], x[100:],
+                      labels, cfg, "onnxruntime", lambda m: None)
+    step = r.steps[0]
+    assert not r.before.passes(0.5) and step["step"] == "weights_s8_after_stem" and step["kept"]
+    assert r.passed and r.plan.weights[0] == "s8" and r.plan.s7_weights == ("ws",) and r.form.weights == "s8"
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(r.path)).graph.initializer}
+    assert np.abs(inits["ws_quantized"]).max() <= 64 < np.abs(inits["w_quantized"]).max()
+
+
 def test_search_that_cannot_meet_its_target_says_so(tmp_path):
     from cvzoo.quantize import quantize_int8
     x = np.random.default_rng(11).standard_normal((300, 4, 8, 8)).astype(np.float32)

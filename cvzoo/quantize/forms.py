@@ -42,9 +42,11 @@ class Int8Form:
 
 def quantize(src: Path, dst: Path, form: Int8Form, exclude: Sequence[str], op_types: Sequence[str],
              per_channel: bool = True, symmetric_activations: bool = False, cache: Optional[Path] = None,
-             reader=None, calibrate_mode: str = "minmax", percentile: float = 99.999) -> None:
+             reader=None, calibrate_mode: str = "minmax", percentile: float = 99.999,
+             seven_bit: Sequence[str] = ()) -> None:
     """`cache` holds ranges (ONNX Runtime's calibration cache: ours for the per-image modes; written by its own
-    calibrator from `reader` on first use for percentile / entropy / distribution)."""
+    calibrator from `reader` on first use for percentile / entropy / distribution). `seven_bit`: weight tensors
+    kept in 7 bits in an s8 form."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     method = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
               "distribution": CalibrationMethod.Distribution}.get(calibrate_mode, CalibrationMethod.MinMax)
@@ -66,6 +68,9 @@ def quantize(src: Path, dst: Path, form: Int8Form, exclude: Sequence[str], op_ty
             calibrate_method=method, nodes_to_exclude=list(exclude),
             op_types_to_quantize=quantized or None,
             extra_options={"CalibPercentile": percentile, "ActivationSymmetric": symmetric_activations,
+                           # conv weights: per output channel (axis 0)
+                           "TensorQuantOverrides": {w: [{"reduce_range": True, **({"axis": 0} if per_channel else {})}]
+                                                    for w in seven_bit if form.weights == "s8"},
                            "WeightSymmetric": form.weights != "u8",
                            "OpTypesToExcludeOutputQuantization": [] if form.outputs else ops},
             calibration_cache_path=str(cache) if cache else None,

@@ -1,4 +1,5 @@
-"""ONNX graph facts the int8 steps share: which float tensor a DequantizeLinear stands for, the classifier."""
+"""ONNX graph facts the int8 steps share: which float tensor a DequantizeLinear stands for, the classifier, the
+convs that read the image."""
 from __future__ import annotations
 
 DQ_SUFFIX = "_DequantizeLinear_Output"  # ONNX Runtime's QDQ quantizer names a dequantized tensor X this way
@@ -10,6 +11,12 @@ def float_sources(qm) -> dict[str, str]:
     """DequantizeLinear output -> the float tensor (activation or weight) it stands for in the float graph."""
     return {n.output[0]: n.output[0][: -len(DQ_SUFFIX)] for n in qm.graph.node
             if n.op_type == "DequantizeLinear" and n.output[0].endswith(DQ_SUFFIX)}
+
+
+def input_conv_weights(model) -> list[str]:
+    """The weight tensors of the convs that read the network's input directly (the stem)."""
+    inputs = {i.name for i in model.graph.input}
+    return [n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs]
 
 
 def classifier(model) -> str | None:

@@ -21,7 +21,7 @@ from ..buildconfig import BuildConfig
 from ..machine import has_vnni, machine_info
 from ..runners import Runner, compiled_runner, in_batches, model_runner, run_logits, time_runners
 from .forms import PER_IMAGE_MODES, Int8Form, calibrated_ops, candidates, quantize
-from .graph import classifier
+from .graph import classifier, input_conv_weights
 from .guard import Fidelity, fit_temperature, measure_fidelity
 from .recovery import bias_correction, equalizable_pairs, equalize
 from .sensitivity import layer_sqnr, rank_sensitivity
@@ -45,10 +45,12 @@ class Plan:
     equalized: bool = False
     bias_corrected: bool = False
     uncorrected: Optional[Path] = None  # the float graph before bias correction, to correct again for new weights
+    s7_weights: tuple[str, ...] = ()  # weight tensors kept in 7 bits where the form's weights are s8
 
     def describe(self) -> dict:
         return {"ranges": self.ranges, "weights": list(self.weights), "outputs": self.outputs,
-                "equalized": self.equalized, "bias_corrected": self.bias_corrected}
+                "equalized": self.equalized, "bias_corrected": self.bias_corrected,
+                "s7_weights": list(self.s7_weights)}
 
 
 @dataclass
@@ -140,7 +142,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     def write(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Path:
         out = work / f"int8-{next(ids)}-{form.label}.onnx"
         quantize(plan.float_model, out, form, keep_float + list(exclude), q.op_types, q.per_channel,
-                 q.symmetric_activations, ranges_cache(plan), reader, plan.ranges, q.percentile)
+                 q.symmetric_activations, ranges_cache(plan), reader, plan.ranges, q.percentile, plan.s7_weights)
         return out
 
     def qdq_graph(plan: Plan, form: Int8Form, written: Optional[Path] = None, exclude: Sequence[str] = ()) -> Path:
@@ -226,8 +228,10 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
                        layer_sqnr(plan.float_model, qdq_graph(plan, chosen.form, chosen.path, excluded),
                                   held[:LAYER_ERROR_IMAGES], q.op_types))
     n8, n = chosen.int8_layers
-    say(f"int8 chosen: {chosen.form.label}, {result.speedup['b1']:.2f}x fp32 at b1 and {result.speedup['b8']:.2f}x at "
-        f"b8 ({engine}); {engine} computes {n8} of {n} conv/matmul layers in int8; {chosen.fidelity.summary()}"
+    stem = f" ({len(plan.s7_weights)} stem conv(s) 7-bit)" if plan.s7_weights and chosen.form.weights == "s8" else ""
+    say(f"int8 chosen: {chosen.form.label}{stem}, {result.speedup['b1']:.2f}x fp32 at b1 and "
+        f"{result.speedup['b8']:.2f}x at b8 ({engine}); {engine} computes {n8} of {n} conv/matmul layers in int8; "
+        f"{chosen.fidelity.summary()}"
         + (f"; {len(excluded)} nodes in float: {', '.join(excluded[:6])}{' ...' if len(excluded) > 6 else ''}"
            if excluded else "; every node quantized but the classifier"))
     if n and n8 < n / 2:
@@ -251,6 +255,13 @@ def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray
             return None  # s8 is the reference already (VNNI), or it is not offered (pinned, target_cpu no_vnni)
         return (replace(plan, weights=("s8", *[w for w in plan.weights if w != "s8"])),
                 "full-range s8 weights: whether this engine's kernels saturate them without VNNI is measured")
+    if step == "weights_s8_after_stem":
+        stem = input_conv_weights(onnx.load(str(plan.float_model)))
+        if plan.weights[0] != "s7" or "s8" not in plan.weights or not stem:
+            return None
+        return (replace(plan, weights=("s8", *[w for w in plan.weights if w != "s8"]), s7_weights=tuple(stem)),
+                f"s8 weights but in the {len(stem)} conv(s) reading the image, kept 7-bit: their u8 inputs span the "
+                "whole range, where two 8-bit products can overflow a 16-bit sum")
     if step == "ranges":
         if plan.ranges not in ("robust", "mean_minmax"):
             return replace(plan, ranges="robust"), f"robust instead of {plan.ranges}"
