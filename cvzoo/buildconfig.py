@@ -14,7 +14,8 @@ from .errors import CvzooError
 # mean_minmax: each image's min/max averaged (NNCF's default for per-tensor activations); the others pool every
 # image's values (ONNX Runtime's calibrators), so one image with extreme activations sets a small tensor's range
 CalibrateMode = Literal["robust", "mean_minmax", "minmax", "percentile", "entropy", "distribution"]
-RecoveryStep = Literal["weights_s8", "weights_s8_after_stem", "ranges", "placement", "equalization", "bias_correction", "weights_u8"]
+RecoveryStep = Literal["weights_s8", "weights_s8_after_stem", "ranges", "placement", "equalization",
+                       "bias_correction", "weights_u8"]
 CALIBRATE_ALIASES = {"kl_divergence": "entropy", "kl": "entropy", "max": "minmax"}  # the seeds' names
 
 
