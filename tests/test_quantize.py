@@ -427,16 +427,28 @@ def _cfg(tmp_path, **guard):
                          "guard": guard})
 
 
-def test_search_recovers_with_equalization_before_excluding_nodes(tmp_path):
+def _search(tmp_path, x: np.ndarray, cfg, say=lambda m: None):
+    """quantize_int8 on tmp_path/fp32.onnx: the first 100 images calibrate, the other 200 are held out, labelled
+    with fp32's own top-1 (fp32 is right on them)."""
     from cvzoo.quantize import quantize_int8
+    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
+    return quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}.jpg" for i in range(100)],
+                         x[100:], labels, cfg, "onnxruntime", say)
+
+
+def _positive_images(seed: int = 12) -> np.ndarray:
+    """300 8-channel images around 1.0 whose channel means differ per image (so fp32's top-1 varies)."""
+    rng = np.random.default_rng(seed)
+    x = 1.0 + 0.2 * rng.standard_normal((300, 8, 1, 1)) + 0.1 * rng.standard_normal((300, 8, 8, 8))
+    return x.astype(np.float32)
+
+
+def test_search_recovers_with_equalization_before_excluding_nodes(tmp_path):
     x = np.random.default_rng(10).standard_normal((300, 4, 8, 8)).astype(np.float32)
     _conv_chain(tmp_path / "fp32.onnx", 1000.0)
     _centered(tmp_path / "fp32.onnx", x)
-    files = [tmp_path / f"{i}.jpg" for i in range(100)]
-    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)  # held-out labels: fp32 is right on them
     said = []
-    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], files, x[100:], labels, _cfg(tmp_path, max_top1_drop=2.0),
-                      "onnxruntime", said.append)
+    r = _search(tmp_path, x, _cfg(tmp_path, max_top1_drop=2.0), said.append)
     assert not r.before.passes(2.0) and r.passed and r.excluded == []
     kept = [s["step"] for s in r.steps if s["kept"]]
     assert "equalization" in kept and r.plan.equalized
@@ -451,17 +463,12 @@ def test_without_vnni_full_range_s8_weights_are_a_recovery_step_measured_on_the_
     the engine and the model, so the first step measures s8 there and keeps it only where it is closer to fp32. The
     planted 0.006 weights round to 0 in 7 bits and to 1/127 in 8."""
     from cvzoo import machine
-    from cvzoo.quantize import plan, quantize_int8
+    from cvzoo.quantize import plan
     monkeypatch.setattr(plan, "has_vnni", lambda **_: False)
     _biased_net(tmp_path / "fp32.onnx", small=0.006)
-    rng = np.random.default_rng(12)
-    x = 1.0 + 0.2 * rng.standard_normal((300, 8, 1, 1)) + 0.1 * rng.standard_normal((300, 8, 8, 8))
-    x = x.astype(np.float32)
+    x = _positive_images()
     _centered(tmp_path / "fp32.onnx", x)
-    cfg = _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0)
-    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
-    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}" for i in range(100)], x[100:],
-                      labels, cfg, "onnxruntime", lambda m: None)
+    r = _search(tmp_path, x, _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0))
     assert not r.before.passes(0.5) and r.steps[0]["step"] == "weights_s8"
     s8 = r.steps[0]
     assert s8["kept"] == (s8["fidelity"]["kl"] < r.before.kl)
@@ -479,7 +486,7 @@ def test_s8_weights_past_the_stem_keep_the_convs_reading_the_image_in_7_bits(tmp
     import onnx
     from onnx import helper, numpy_helper
 
-    from cvzoo.quantize import plan, quantize_int8
+    from cvzoo.quantize import plan
     monkeypatch.setattr(plan, "has_vnni", lambda **_: False)
     _biased_net(tmp_path / "biased.onnx", small=0.006)
     m = onnx.load(str(tmp_path / "biased.onnx"))  # x -> stem (1x1, identity, 8 -> 8) -> the biased conv ...
@@ -489,14 +496,11 @@ def test_s8_weights_past_the_stem_keep_the_convs_reading_the_image_in_7_bits(tmp
     m.graph.initializer.extend([numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "ws"),
                                 numpy_helper.from_array(np.zeros(8, np.float32), "bs")])
     onnx.save(m, str(tmp_path / "fp32.onnx"))
-    rng = np.random.default_rng(12)
-    x = (1.0 + 0.2 * rng.standard_normal((300, 8, 1, 1)) + 0.1 * rng.standard_normal((300, 8, 8, 8))).astype(np.float32)
+    x = _positive_images()
     _centered(tmp_path / "fp32.onnx", x)
     cfg = _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0)
     cfg.quantize.recovery = ["weights_s8_after_stem"]
-    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
-    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}" for i in range(100)], x[100:],
-                      labels, cfg, "onnxruntime", lambda m: None)
+    r = _search(tmp_path, x, cfg)
     step = r.steps[0]
     assert not r.before.passes(0.5) and step["step"] == "weights_s8_after_stem" and step["kept"]
     assert r.passed and r.plan.weights[0] == "s8" and r.plan.s7_weights == ("ws",) and r.form.weights == "s8"
@@ -505,14 +509,11 @@ def test_s8_weights_past_the_stem_keep_the_convs_reading_the_image_in_7_bits(tmp
 
 
 def test_search_that_cannot_meet_its_target_says_so(tmp_path):
-    from cvzoo.quantize import quantize_int8
     x = np.random.default_rng(11).standard_normal((300, 4, 8, 8)).astype(np.float32)
     _conv_chain(tmp_path / "fp32.onnx", 1000.0)
     _centered(tmp_path / "fp32.onnx", x)
     cfg = _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0)
     cfg.quantize.recovery = []
-    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
-    r = quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}" for i in range(100)], x[100:],
-                      labels, cfg, "onnxruntime", lambda m: None)
+    r = _search(tmp_path, x, cfg)
     assert r.passed is False and r.steps == [] and r.excluded == []
     assert r.fidelity.top1_drop > 0.5

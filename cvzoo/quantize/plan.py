@@ -250,16 +250,16 @@ def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray
           qdq_graph: Callable[..., Path]) -> Optional[tuple[Plan, str]]:
     """The plan with one recovery step applied, and a word on what it did; None where it does not apply."""
     import onnx
-    if step == "weights_s8":
+    if step in ("weights_s8", "weights_s8_after_stem"):
         if plan.weights[0] != "s7" or "s8" not in plan.weights:
             return None  # s8 is the reference already (VNNI), or it is not offered (pinned, target_cpu no_vnni)
-        return (replace(plan, weights=("s8", *[w for w in plan.weights if w != "s8"])),
-                "full-range s8 weights: whether this engine's kernels saturate them without VNNI is measured")
-    if step == "weights_s8_after_stem":
+        s8 = replace(plan, weights=("s8", *[w for w in plan.weights if w != "s8"]))
+        if step == "weights_s8":
+            return s8, "full-range s8 weights: whether this engine's kernels saturate them without VNNI is measured"
         stem = input_conv_weights(onnx.load(str(plan.float_model)))
-        if plan.weights[0] != "s7" or "s8" not in plan.weights or not stem:
+        if not stem:
             return None
-        return (replace(plan, weights=("s8", *[w for w in plan.weights if w != "s8"]), s7_weights=tuple(stem)),
+        return (replace(s8, s7_weights=tuple(stem)),
                 f"s8 weights but in the {len(stem)} conv(s) reading the image, kept 7-bit: their u8 inputs span the "
                 "whole range, where two 8-bit products can overflow a 16-bit sum")
     if step == "ranges":
