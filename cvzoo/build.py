@@ -196,7 +196,7 @@ def _build_int8(cfg: BuildConfig, card, pre, fp32: Path, work: Path, calib_files
         + ("labelled images (top-1 drop measured)" if held_labels is not None else
            "images without labels of this model (top-1 drop expected from fp32's probabilities)"))
     engine = "openvino" if cfg.engine == "openvino" else "onnxruntime"  # whose int8 kernels the guard measures
-    r = quantize_int8(fp32, work, calib, calib_used, held, held_labels, cfg, engine, say)
+    r = quantize_int8(fp32, work, calib, calib_used, held, held_labels, cfg, engine, say, held_used)
     extra = manifest_sections(r, cfg, engine)
     extra["calibration"] = {"path": str(cfg.calibration.path), "count": len(calib_used), "seed": cfg.calibration.seed,
                             "files": [{"path": str(p), "sha256": sha256(p)} for p in calib_used]}

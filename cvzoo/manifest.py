@@ -88,6 +88,8 @@ class FidelityRecord(_Record):
     expected_ci95: Optional[tuple[float, float]] = None
     top1_drop: Optional[float] = None
     kl: Optional[float] = None
+    beyond_ranges: int = 0
+    beyond_expected_drop: Optional[float] = None
 
 
 class Int8Layers(_Section):
@@ -130,6 +132,7 @@ class Guard(GuardConfig, _Record):
     after: Optional[FidelityRecord] = None
     held_out: list[str] = Field(default_factory=list)
     calibration_outliers: list[dict[str, Any]] = Field(default_factory=list)
+    held_out_beyond_ranges: list[dict[str, Any]] = Field(default_factory=list)  # measured apart, not judged
 
 
 class CalibrationFile(_Section):

@@ -86,6 +86,17 @@ def thumbnail(path: Path, size: int = 112) -> Optional[str]:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _photo_figures(photos: Sequence[dict]) -> str:
+    """Thumbnails of the photos a build named, with how far their activations went (the first 12)."""
+    figs = []
+    for o in photos[:12]:
+        uri = thumbnail(Path(o["file"]))
+        img = f'<img src="{uri}" alt="">' if uri else '<span class="muted">(not readable here)</span>'
+        figs.append(f"<figure>{img}<figcaption>{escape(Path(o['file']).name)}<br>{o['tensors']} of {o['of']} "
+                    f"tensors, up to {o['max_times_median']:.0f}x</figcaption></figure>")
+    return "".join(figs)
+
+
 def _fidelity_rows(name: str, f: Optional[FidelityRecord]) -> list:
     if f is None:
         return []
@@ -133,16 +144,15 @@ def build_report(m: Manifest) -> str:
         parts.append(bar_chart([(e.node, e.sqnr_db) for e in q.layer_sqnr_db], "dB"))
     parts.append("<h2>Calibration photos that stood out</h2>")
     if g.calibration_outliers:
-        figs = []
-        for o in g.calibration_outliers[:12]:
-            uri = thumbnail(Path(o["file"]))
-            img = f'<img src="{uri}" alt="">' if uri else '<span class="muted">(not readable here)</span>'
-            figs.append(f"<figure>{img}<figcaption>{escape(Path(o['file']).name)}<br>{o['tensors']} of {o['of']} "
-                        f"tensors, up to {o['max_times_median']:.0f}x</figcaption></figure>")
         parts.append("<p>Activations far above the median image's; robust ranges weigh each as one image.</p>"
-                     + "".join(figs))
+                     + _photo_figures(g.calibration_outliers))
     else:
         parts.append("<p>None: no photo's activations stood far above the others'.</p>")
+    if g.held_out_beyond_ranges:
+        parts.append("<h2>Held-out photos set apart</h2><p>Activations far beyond the calibrated ranges (against the "
+                     "median calibration photo): int8 clips them by design, so the guard measured them apart "
+                     f"(expected drop {g.after.beyond_expected_drop:+.2f} on them) and did not judge them.</p>"
+                     + _photo_figures(g.held_out_beyond_ranges))
     parts.append(f"<p class=muted>cvzoo {escape(m.versions.get('cvzoo', '?'))}, built {escape(m.created or '')} on "
                  f"{escape(str(q.machine.get('cpu', '?')))}</p>")
     return page(f"{m.name} int8 report", "".join(parts))

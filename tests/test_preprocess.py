@@ -19,13 +19,16 @@ SETTINGS = sorted({(c.preprocessing.interpolation, c.preprocessing.resize_size, 
                    for c in TIMM_RULES})
 
 
+PER_IMAGE = 3  # settings each photo is checked in (all 11, timm's and ours, took 66 ms a photo)
+
+
 def _card_for(setting):
     return next(c for c in TIMM_RULES if (c.preprocessing.interpolation, c.preprocessing.resize_size,
                                           c.preprocessing.input_size) == setting)
 
 
 @pytest.mark.shared
-def test_parity_with_timm_on_all_imagenet_sample_images():
+def test_parity_with_timm_on_imagenet_sample_images():
     files = imagenet_sample_files()
     assert len(files) == 1000
     transforms = []
@@ -35,24 +38,27 @@ def test_parity_with_timm_on_all_imagenet_sample_images():
                                    "crop_pct": pre.input_size / pre.resize_size, "mean": pre.mean, "std": pre.std, "crop_mode": "center"})
         transforms.append((setting, pre, create_transform(**cfg)))
 
-    def worst_diffs(path):
+    def worst_diffs(i, path):
         with Image.open(path) as im:
             gray = im.mode == "L"
             img = im.convert("RGB")  # timm's dataset decode
-        ours_decoded = load_image(path)  # our own decode from the file, once for every setting
-        diffs = []
-        for setting, pre, tf in transforms:
+        ours_decoded = load_image(path)  # our own decode from the file, once for its settings
+        diffs = {}
+        for k in range(PER_IMAGE):  # the settings in turn: each one on 3 of every 11 photos, 272 or more of 1000
+            setting, pre, tf = transforms[(i * PER_IMAGE + k) % len(transforms)]
             ref = tf(img).numpy()
             ours = preprocess_image(ours_decoded, pre)
             assert ours.shape == ref.shape and ours.dtype == np.float32
-            diffs.append(float(np.abs(ours - ref).max()))
+            diffs[setting] = float(np.abs(ours - ref).max())
         return gray, diffs
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow and torch release the GIL
-        results = list(pool.map(worst_diffs, [path for path, _ in files]))
+        results = list(pool.map(worst_diffs, range(len(files)), [path for path, _ in files]))
     gray = sum(g for g, _ in results)
-    worst = dict(zip(SETTINGS, np.max([d for _, d in results], axis=0).tolist()))
-    print({f"{i}/{c}/{s}": w for (i, c, s), w in worst.items()})
+    worst = {s: max(d[s] for _, d in results if s in d) for s in SETTINGS}
+    checked = {s: sum(s in d for _, d in results) for s in SETTINGS}
+    print({f"{i}/{c}/{s}": w for (i, c, s), w in worst.items()}, checked)
+    assert min(checked.values()) >= len(files) * PER_IMAGE // len(SETTINGS)
     assert gray == 23
     assert {i for i, _, _ in SETTINGS} >= {"bilinear", "bicubic"}
     assert max(worst.values()) <= 1e-6

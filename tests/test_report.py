@@ -33,8 +33,10 @@ def test_build_report_in_a_browser(browser, effnetv2_generic_int8):
     assert page.locator("h2", has_text="Error per layer").count() == 1
     bars = page.locator("h2:has-text('Error per layer') + p + svg rect")
     assert bars.count() == len(m.build.quantization.layer_sqnr_db) > 20
-    photos = page.locator("figure img")  # the calibration photos that stood out, shown, not just named
-    assert photos.count() == min(12, len(m.build.guard.calibration_outliers)) > 0
+    photos = page.locator("figure img")  # the photos that stood out, shown, not just named
+    g = m.build.guard  # calibration outliers, then the held-out photos the guard set apart
+    assert photos.count() == min(12, len(g.calibration_outliers)) + min(12, len(g.held_out_beyond_ranges)) > 0
+    assert page.locator("h2", has_text="Held-out photos set apart").count() == (len(g.held_out_beyond_ranges) > 0)
     assert all(photos.nth(i).evaluate("i => i.naturalWidth") > 0 for i in range(photos.count()))
     assert page.get_by_text("indigo_bunting", exact=False).count() >= 1
     assert not_blank(screenshot(page, "build_report.png"))

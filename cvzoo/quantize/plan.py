@@ -25,7 +25,7 @@ from .graph import classifier, input_conv_weights
 from .guard import Fidelity, fit_temperature, measure_fidelity
 from .recovery import bias_correction, equalizable_pairs, equalize
 from .sensitivity import layer_sqnr, rank_sensitivity
-from .stats import ImageRanges, image_ranges, outlier_note
+from .stats import OUTLIER_RATIO, ImageRanges, image_ranges, outlier_note
 
 Say = Callable[[str], None]
 RANKING_IMAGES = 32  # held-out images the node ranking runs on (one small graph per node)
@@ -33,6 +33,9 @@ LAYER_ERROR_IMAGES = 16  # held-out images the per-layer error of the report is 
 # forms whose cost is within this of the fastest are taken as equally fast (timing noise on a shared CPU; 7-bit and
 # full-range s8 weights run the same instructions), and the one closest to fp32 of them is chosen
 SPEED_TIE = 0.05
+# held-out images beyond the calibrated ranges are set apart only while they are this few: more, and the calibration
+# photos do not describe the held-out ones, so every image is judged
+MAX_BEYOND_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Int8Build:
     form_timings_b8_s: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)  # fp32 and the chosen form at b1 and b8
     outliers: list[dict] = field(default_factory=list)
+    beyond_ranges: list[dict] = field(default_factory=list)  # held-out images set apart by the guard
     int8_layers: tuple[int, int] = (0, 0)  # of the chosen form, as the engine compiled it
     layer_sqnr: list[dict] = field(default_factory=list)  # accumulated error per layer, for the report
 
@@ -109,7 +113,8 @@ def weight_family(pinned: str, target_cpu: str, engine: str = "onnxruntime") -> 
 
 
 def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequence[Path], held: np.ndarray,
-                  held_labels: Optional[np.ndarray], cfg: BuildConfig, engine: str, say: Say) -> Int8Build:
+                  held_labels: Optional[np.ndarray], cfg: BuildConfig, engine: str, say: Say,
+                  held_files: Optional[Sequence[Path]] = None) -> Int8Build:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -121,11 +126,13 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     input_name, head = model.graph.input[0].name, classifier(model)
     keep_float = list(q.exclude) + ([head] if head else [])
     ref = run_logits(fp32, held)
-    temperature = fit_temperature(ref, held_labels) if held_labels is not None else 1.0
     stats: dict[Path, ImageRanges] = {prepped: image_ranges(prepped, calib, calibrated_ops(q.op_types))}
     outliers = stats[prepped].outliers(calib_files)
     if outliers:
         say(outlier_note(outliers, q.calibrate_mode))
+    judged, beyond = _judged(stats[prepped], image_ranges(prepped, held, calibrated_ops(q.op_types)),
+                             held_files or [f"held-out image {i}" for i in range(len(held))], say)
+    temperature = fit_temperature(ref[judged], held_labels[judged]) if held_labels is not None else 1.0
     reader = ArrayReader(calib, input_name)
     ids = itertools.count()
 
@@ -155,7 +162,8 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     def realize(plan: Plan, form: Int8Form, exclude: Sequence[str] = ()) -> Attempt:
         out = write(plan, form, exclude)
         run, layers = compiled_runner(out, engine)
-        return Attempt(out, form, measure_fidelity(ref, in_batches(run, held), held_labels, temperature), layers, run)
+        return Attempt(out, form, measure_fidelity(ref, in_batches(run, held), held_labels, temperature, judged),
+                       layers, run)
 
     def ok(f: Fidelity) -> bool:
         return f.passes(g.max_top1_drop, g.min_agreement)
@@ -194,7 +202,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     excluded: list[str] = []
     trials: list[dict] = []
     if g.enabled and not ok(current.fidelity) and g.max_excluded > 0:
-        current, excluded, trials = _exclusion_search(plan, current, realize, qdq_graph, ok, held, q, g, say)
+        current, excluded, trials = _exclusion_search(plan, current, realize, qdq_graph, ok, held[judged], q, g, say)
 
     passed = ok(current.fidelity) if g.enabled else None
     # the fastest form that passes (each one measured like the first), on the engine the artifact is for
@@ -224,9 +232,9 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
              "int8_b8": t8[chosen.form.label]}
     result = Int8Build(chosen.path, chosen.form, plan, excluded, head, chosen.fidelity, before, passed, steps, trials,
                        {k: round(v, 6) for k, v in t1.items()}, {k: round(v, 6) for k, v in t8.items()},
-                       {k: round(v, 6) for k, v in final.items()}, outliers, chosen.int8_layers,
+                       {k: round(v, 6) for k, v in final.items()}, outliers, beyond, chosen.int8_layers,
                        layer_sqnr(plan.float_model, qdq_graph(plan, chosen.form, chosen.path, excluded),
-                                  held[:LAYER_ERROR_IMAGES], q.op_types))
+                                  held[judged][:LAYER_ERROR_IMAGES], q.op_types))
     n8, n = chosen.int8_layers
     stem = f" ({len(plan.s7_weights)} stem conv(s) 7-bit)" if plan.s7_weights and chosen.form.weights == "s8" else ""
     say(f"int8 chosen: {chosen.form.label}{stem}, {result.speedup['b1']:.2f}x fp32 at b1 and "
@@ -244,6 +252,24 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
         say(f"note: int8 is slower than fp32 with {engine} here ({why or 'small model'}); the artifact still stores "
             "8-bit weights" + (" and its QDQ form feeds OpenVINO/TensorRT" if chosen.form.format == "qdq" else ""))
     return result
+
+
+def _judged(calib: ImageRanges, held: ImageRanges, files: Sequence, say: Say) -> tuple[np.ndarray, list[dict]]:
+    """The held-out images the guard judges (a mask), and those it sets apart: beyond the calibrated ranges by the
+    rule that names calibration outliers, while they are few."""
+    judged = np.ones(len(files), bool)
+    beyond = calib.beyond_median(held, files)
+    if not beyond:
+        return judged, []
+    names = ", ".join(f"{Path(o['file']).name} (up to {o['max_times_median']:.0f}x)" for o in beyond[:3])
+    if len(beyond) > MAX_BEYOND_SHARE * len(files):
+        say(f"guard: {len(beyond)} of {len(files)} held-out images reach >= {OUTLIER_RATIO:g}x the median calibration "
+            f"image's activations ({names}): too many to set apart, every image is judged")
+        return judged, []
+    judged[[o["index"] for o in beyond]] = False
+    say(f"guard: {len(beyond)} held-out image(s) reach >= {OUTLIER_RATIO:g}x the median calibration image's "
+        f"activations ({names}): int8 clips them by design; measured and reported apart, not judged")
+    return judged, beyond
 
 
 def _step(step: str, plan: Plan, current: Attempt, work: Path, calib: np.ndarray, q,
@@ -349,6 +375,7 @@ def manifest_sections(r: Int8Build, cfg: BuildConfig, engine: str) -> dict:
                          "form_timings_b8_s": r.form_timings_b8_s, "layer_sqnr_db": r.layer_sqnr,
                          "timings_s": r.timings_s, "speedup_vs_fp32": r.speedup, "machine": machine_info()},
         "guard": {**cfg.guard.model_dump(), "labelled": r.fidelity.labelled, "calibration_outliers": r.outliers,
+                  "held_out_beyond_ranges": r.beyond_ranges,
                   "tolerance": r.fidelity.tolerance(cfg.guard.max_top1_drop),
                   "before": r.before.as_dict(), "after": r.fidelity.as_dict(), "trials": r.trials, "passed": r.passed},
         "fidelity": {"vs_fp32": r.fidelity.as_dict()},

@@ -62,10 +62,17 @@ class ImageRanges:
         """Images whose largest |value| is >= `ratio` x the median image's in at least `min_share` of the tensors.
         Pooled statistics (minmax, percentile, entropy) take those tensors' ranges from them and leave every other
         image a few int8 levels there."""
-        absmax = np.maximum(np.abs(self.mins), np.abs(self.maxs))
-        times = absmax / np.maximum(np.median(absmax, axis=0), 1e-12)
+        return self.beyond_median(self, files, ratio, min_share)
+
+    def beyond_median(self, other: "ImageRanges", files: Sequence[Path], ratio: float = OUTLIER_RATIO,
+                      min_share: float = 0.05) -> list[dict]:
+        """The images of `other` (same tensors) whose largest |value| is >= `ratio` x this set's median image's in at
+        least `min_share` of the tensors, each with its index in `other`, most tensors first."""
+        absmax = np.maximum(np.abs(other.mins), np.abs(other.maxs))
+        median = np.median(np.maximum(np.abs(self.mins), np.abs(self.maxs)), axis=0)
+        times = absmax / np.maximum(median, 1e-12)
         hits = (times >= ratio).sum(1)
-        found = [{"file": str(files[i]), "tensors": int(hits[i]), "of": len(self.tensors),
+        found = [{"file": str(files[i]), "index": i, "tensors": int(hits[i]), "of": len(self.tensors),
                   "max_times_median": round(float(times[i].max()), 1)}
                  for i in range(len(files)) if hits[i] >= max(1.0, min_share * len(self.tensors))]
         return sorted(found, key=lambda f: (-f["tensors"], -f["max_times_median"]))
