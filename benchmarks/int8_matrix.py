@@ -1,6 +1,7 @@
 """The int8 table: accuracy and speed together, cvzoo's default build next to its fully quantized --no-guard build and
 to NNCF on the same calibration photos, on ONNX Runtime and OpenVINO. Writes JSON (and prints Markdown).
 
+    pip install -e ".[bench]"  # NNCF
     python benchmarks/int8_matrix.py --out benchmarks/results/int8_matrix.json [--models ...] [--engines ...]
 
 For each Imagenette fixture and each calibration folder (../shared/data/imagenet-sample: generic photos of other

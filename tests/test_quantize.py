@@ -427,11 +427,11 @@ def _cfg(tmp_path, **guard):
                          "guard": guard})
 
 
-def _search(tmp_path, x: np.ndarray, cfg, say=lambda m: None):
+def _search(tmp_path, x: np.ndarray, cfg, say=lambda m: None, labelled: bool = True):
     """quantize_int8 on tmp_path/fp32.onnx: the first 100 images calibrate, the other 200 are held out, labelled
-    with fp32's own top-1 (fp32 is right on them)."""
+    with fp32's own top-1 (fp32 is right on them) unless `labelled` is False."""
     from cvzoo.quantize import quantize_int8
-    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1)
+    labels = run_logits(tmp_path / "fp32.onnx", x[100:]).argmax(1) if labelled else None
     return quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:100], [tmp_path / f"{i}.jpg" for i in range(100)],
                          x[100:], labels, cfg, "onnxruntime", say)
 
@@ -506,6 +506,35 @@ def test_s8_weights_past_the_stem_keep_the_convs_reading_the_image_in_7_bits(tmp
     assert r.passed and r.plan.weights[0] == "s8" and r.plan.s7_weights == ("ws",) and r.form.weights == "s8"
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(r.path)).graph.initializer}
     assert np.abs(inits["ws_quantized"]).max() <= 64 < np.abs(inits["w_quantized"]).max()
+
+
+def test_held_out_photos_far_beyond_the_calibrated_ranges_are_reported_apart_not_judged(tmp_path):
+    """Three unlabelled held-out images at 200x the calibration images' activations: int8 clips them (the ranges are
+    set for the calibration photos) and their top-1 flips, which would fail the guard alone. They are named,
+    measured apart and not judged; the other 197 pass. Labelled photos of the model's classes are its domain, and
+    such images more than 5% of the held-out set are part of it: in both cases every image is judged."""
+    from cvzoo.quantize.guard import measure_fidelity
+    x = np.random.default_rng(13).standard_normal((300, 4, 8, 8)).astype(np.float32)
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    _centered(tmp_path / "fp32.onnx", x)
+    cfg = _cfg(tmp_path, max_top1_drop=0.5, max_excluded=0)
+    cfg.quantize.recovery = []
+    far = [100 + i for i in (3, 50, 120)]
+    x[far] *= 200
+    said = []
+    r = _search(tmp_path, x, cfg, said.append, labelled=False)
+    assert sorted(o["index"] + 100 for o in r.beyond_ranges) == far and r.passed
+    assert (r.fidelity.images, r.fidelity.beyond_ranges) == (197, 3) and r.fidelity.beyond_expected_drop > 30
+    everything = measure_fidelity(run_logits(tmp_path / "fp32.onnx", x[100:]), run_logits(r.path, x[100:]))
+    assert not everything.passes(0.5)  # judged with them, the same graph fails
+    assert any("3 held-out image(s)" in line and "not judged" in line for line in said)
+    labelled = _search(tmp_path, x, cfg, said.append)
+    assert labelled.beyond_ranges == [] and labelled.fidelity.images == 200 and not labelled.passed
+    assert any("every image is judged: they are labelled" in line for line in said)
+    x[[100 + i for i in range(0, 200, 20)]] *= 200  # 10 more: 13 of 200
+    r = _search(tmp_path, x, cfg, said.append, labelled=False)
+    assert r.beyond_ranges == [] and r.fidelity.images == 200 and r.fidelity.beyond_ranges == 0 and not r.passed
+    assert any("every image is judged: more than 5%" in line for line in said)
 
 
 def test_search_that_cannot_meet_its_target_says_so(tmp_path):

@@ -13,10 +13,11 @@ calibrated by one temperature fitted to them (lite0: T = 0.68, and the expected 
 measured one). Recovery steps are judged by the mean KL divergence of the softmax, which moves smoothly where
 top-1 changes by whole images.
 
-Held-out photos whose activations lie far beyond the calibrated ranges (the rule that names calibration outliers,
-against the median calibration image) are measured and reported but not judged: int8 clips them by design, as the
-robust ranges leave such photos out, and on photos of other classes a few of them carried a whole guard (dla34 at 224
-px: three of 200, at 5-260x, were 85% of the expected drop and 95% of the KL; docs/quantization.md)."""
+Unlabelled held-out photos whose activations lie far beyond the calibrated ranges (the rule that names calibration
+outliers, against the median calibration image) can be measured and reported but not judged (`judged`; the rule is
+plan._judged): int8 clips them by design, as the robust ranges leave such photos out, and on photos of other classes
+a few of them carried a whole guard (dla34 at 224 px: three of 200, at 8-364x, were 85% of the expected drop and 83%
+of the KL; docs/quantization.md)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
