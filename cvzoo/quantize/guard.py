@@ -16,7 +16,7 @@ top-1 changes by whole images.
 Unlabelled held-out photos whose activations lie far beyond the calibrated ranges (the rule that names calibration
 outliers, against the median calibration image) can be measured and reported but not judged (`judged`; the rule is
 plan._judged): int8 clips them by design, as the robust ranges leave such photos out, and on photos of other classes
-a few of them carried a whole guard (dla34 at 224 px: three of 200, at 8-364x, were 85% of the expected drop and 83%
+a few of them carried a whole guard (dla34 at 224 px: three of 200, at 8-364x, were 85% of the expected drop and 82%
 of the KL; docs/quantization.md)."""
 from __future__ import annotations
 
