@@ -25,7 +25,7 @@ from cvzoo.calibration import load_arrays
 from cvzoo.machine import machine_info
 from cvzoo.postprocess import write_text_atomic
 from cvzoo.quantize.forms import calibrated_ops
-from cvzoo.quantize.guard import softmax
+from cvzoo.quantize.guard import per_image, softmax
 from cvzoo.quantize.stats import image_ranges
 from cvzoo.runners import run_logits
 
@@ -56,12 +56,9 @@ def main() -> None:
         ref, got = run_logits(fp32.model_path, xh), run_logits(art.model_path, xh, engine=args.engine)
         ops = calibrated_ops(m.quantization.op_types)
         calib_stats, held_stats = image_ranges(fp32.model_path, xc, ops), image_ranges(fp32.model_path, xh, ops)
-    p, q = softmax(ref.astype(np.float64)), softmax(got.astype(np.float64))
-    a, b, rows = ref.argmax(1), got.argmax(1), np.arange(len(ref))
-    cost = p[rows, a] - p[rows, b]
-    kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
-    median = np.median(np.maximum(np.abs(calib_stats.mins), np.abs(calib_stats.maxs)), axis=0)
-    times = np.maximum(np.abs(held_stats.mins), np.abs(held_stats.maxs)) / np.maximum(median, 1e-12)
+    p, a, b = softmax(ref.astype(np.float64)), ref.argmax(1), got.argmax(1)
+    cost, kl = per_image(ref, got)
+    times = calib_stats.times_median(held_stats)
     beyond = {o["index"] for o in m.guard.held_out_beyond_ranges}  # what the build set apart (its prepped graph's)
     photos = [{"file": held[i].name, "fp32_top1_prob": round(float(p[i, a[i]]), 4), "flipped": bool(a[i] != b[i]),
                "cost": round(float(cost[i]), 4), "kl": round(float(kl[i]), 4),

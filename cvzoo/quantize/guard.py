@@ -93,6 +93,15 @@ class Fidelity:
         return d
 
 
+def per_image(ref: np.ndarray, got: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the expected-drop cost of int8's answer (p(a) - p(b) under fp32's probabilities at `temperature`)
+    and the KL(fp32 || int8) of the softmax."""
+    a, b, rows = ref.argmax(1), got.argmax(1), np.arange(len(ref))
+    p, q = softmax(ref.astype(np.float64)), softmax(got.astype(np.float64))
+    pt = softmax(ref.astype(np.float64) / temperature) if temperature != 1.0 else p
+    return pt[rows, a] - pt[rows, b], np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
+
+
 def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarray] = None,
                      temperature: Optional[float] = None, judged: Optional[np.ndarray] = None) -> Fidelity:
     """`temperature`: fp32's, where the caller has fitted it already (it depends on `ref` and `labels` only).
@@ -100,13 +109,10 @@ def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarr
     drop is reported apart); all of them by default."""
     judged = np.ones(len(ref), bool) if judged is None else np.asarray(judged, bool)
     a, b = ref.argmax(1), got.argmax(1)
-    p, q = softmax(ref.astype(np.float64)), softmax(got.astype(np.float64))
-    rows = np.arange(len(ref))
     t = temperature or (fit_temperature(ref[judged], labels[judged]) if labels is not None else 1.0)
-    pt = softmax(ref.astype(np.float64) / t)
-    cost = pt[rows, a] - pt[rows, b]
+    cost, kls = per_image(ref, got, t)
     expected, expected_ci = _mean_ci(cost[judged])
-    kl = float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)[judged]))
+    kl = float(np.mean(kls[judged]))
     diff = np.abs(ref - got)[judged]
     f = Fidelity(images=int(judged.sum()), labelled=labels is not None, agreement=float((a == b)[judged].mean()),
                  expected_drop=expected, expected_ci95=expected_ci, kl=kl, max_abs_diff=float(diff.max()),

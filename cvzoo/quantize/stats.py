@@ -64,13 +64,17 @@ class ImageRanges:
         image a few int8 levels there."""
         return self.beyond_median(self, files, ratio, min_share)
 
-    def beyond_median(self, other: "ImageRanges", files: Sequence[Path], ratio: float = OUTLIER_RATIO,
-                      min_share: float = 0.05) -> list[dict]:
-        """The images of `other` (same tensors) whose largest |value| is >= `ratio` x this set's median image's in at
-        least `min_share` of the tensors, each with its index in `other`, most tensors first."""
+    def times_median(self, other: "ImageRanges") -> np.ndarray:
+        """Per image of `other` (same tensors) and tensor: its largest |value| over this set's median image's."""
         absmax = np.maximum(np.abs(other.mins), np.abs(other.maxs))
         median = np.median(np.maximum(np.abs(self.mins), np.abs(self.maxs)), axis=0)
-        times = absmax / np.maximum(median, 1e-12)
+        return absmax / np.maximum(median, 1e-12)
+
+    def beyond_median(self, other: "ImageRanges", files: Sequence[Path], ratio: float = OUTLIER_RATIO,
+                      min_share: float = 0.05) -> list[dict]:
+        """The images of `other` whose largest |value| is >= `ratio` x this set's median image's in at least
+        `min_share` of the tensors, each with its index in `other`, most tensors first."""
+        times = self.times_median(other)
         hits = (times >= ratio).sum(1)
         found = [{"file": str(files[i]), "index": i, "tensors": int(hits[i]), "of": len(self.tensors),
                   "max_times_median": round(float(times[i].max()), 1)}
