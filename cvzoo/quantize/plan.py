@@ -19,7 +19,7 @@ import numpy as np
 
 from ..buildconfig import BuildConfig
 from ..machine import has_vnni, machine_info
-from ..runners import Runner, compiled_runner, in_batches, model_runner, run_logits, time_runners
+from ..runners import Runner, compiled_runner, in_batches, model_runner, time_runners
 from .forms import PER_IMAGE_MODES, Int8Form, calibrated_ops, candidates, quantize
 from .graph import classifier, input_conv_weights
 from .guard import Fidelity, fit_temperature, measure_fidelity
@@ -125,14 +125,15 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     model = onnx.load(str(prepped))
     input_name, head = model.graph.input[0].name, classifier(model)
     keep_float = list(q.exclude) + ([head] if head else [])
-    ref = run_logits(fp32, held)
     stats: dict[Path, ImageRanges] = {prepped: image_ranges(prepped, calib, calibrated_ops(q.op_types))}
     outliers = stats[prepped].outliers(calib_files)
     if outliers:
         say(outlier_note(outliers, q.calibrate_mode))
-    judged, beyond = _judged(stats[prepped], image_ranges(prepped, held, calibrated_ops(q.op_types)),
-                             held_files or [f"held-out image {i}" for i in range(len(held))], held_labels is not None,
-                             say)
+    # the fp32 reference logits come from the held-out ranges' pass (the same network, BN folded: one pass, not two)
+    held_stats = image_ranges(prepped, held, calibrated_ops(q.op_types), outputs=True)
+    ref = held_stats.outputs
+    judged, beyond = _judged(stats[prepped], held_stats, held_files or [f"held-out image {i}" for i in range(len(held))],
+                             held_labels is not None, say)
     temperature = fit_temperature(ref[judged], held_labels[judged]) if held_labels is not None else 1.0
     reader = ArrayReader(calib, input_name)
     ids = itertools.count()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -44,10 +44,12 @@ def add_reduction(graph, opset: int, op: str, tensor: str, out: str, axes: list[
 
 @dataclass
 class ImageRanges:
-    """Per calibration image and tensor: min and max, shape (images, tensors)."""
+    """Per calibration image and tensor: min and max, shape (images, tensors); `outputs`: the model's own first
+    output per image, where the pass was asked for it."""
     tensors: list[str]
     mins: np.ndarray
     maxs: np.ndarray
+    outputs: Optional[np.ndarray] = None
 
     def ranges(self, how: str) -> tuple[np.ndarray, np.ndarray]:
         if how == "robust":
@@ -82,8 +84,10 @@ class ImageRanges:
         return sorted(found, key=lambda f: (-f["tensors"], -f["max_times_median"]))
 
 
-def image_ranges(model_path: Path, arrays: np.ndarray, op_types: Sequence[str], batch: int = 16) -> ImageRanges:
-    """One fp32 pass over the calibration images, with a per-image ReduceMin/ReduceMax on each calibrated tensor."""
+def image_ranges(model_path: Path, arrays: np.ndarray, op_types: Sequence[str], batch: int = 16,
+                 outputs: bool = False) -> ImageRanges:
+    """One fp32 pass over the calibration images, with a per-image ReduceMin/ReduceMax on each calibrated tensor.
+    outputs: the model's first output (the logits) from the same pass, instead of a second fp32 pass."""
     import onnx
     from onnx import helper
 
@@ -91,7 +95,7 @@ def image_ranges(model_path: Path, arrays: np.ndarray, op_types: Sequence[str], 
     model = onnx.load(str(model_path))
     tensors = tensors_to_calibrate(model, op_types)
     opset = _opset(model)
-    del model.graph.output[:]
+    del model.graph.output[1 if outputs else 0:]
     for k, t in enumerate(tensors):
         model.graph.node.append(helper.make_node("Flatten", [t], [f"cvzoo_flat_{k}"], axis=1))
         for op in ("ReduceMin", "ReduceMax"):
@@ -100,12 +104,14 @@ def image_ranges(model_path: Path, arrays: np.ndarray, op_types: Sequence[str], 
             model.graph.output.append(helper.make_empty_tensor_value_info(out))
     sess = ort_session(model)
     name = model.graph.input[0].name
-    mins, maxs = [], []
+    mins, maxs, own = [], [], []
     for i in range(0, len(arrays), batch):
         out = sess.run(None, {name: arrays[i:i + batch]})
+        if outputs:
+            own.append(out.pop(0))
         mins.append(np.stack(out[0::2], axis=1))
         maxs.append(np.stack(out[1::2], axis=1))
-    return ImageRanges(tensors, np.concatenate(mins), np.concatenate(maxs))
+    return ImageRanges(tensors, np.concatenate(mins), np.concatenate(maxs), np.concatenate(own) if outputs else None)
 
 
 def write_ort_cache(path: Path, tensors: Sequence[str], lo: np.ndarray, hi: np.ndarray) -> None:
