@@ -28,6 +28,7 @@ FIXTURE_CARDS = ["cspresnet50-imagenette", "ese_vovnet19b_dw-imagenette", "dla34
 # top-1 listed in ../shared/README.md (1500-image subset at training time)
 README_TOP1 = {"cspresnet50-imagenette": 84.2, "ese_vovnet19b_dw-imagenette": 82.5,
                "efficientnetv2_rw_t-imagenette": 73.5, "dla34-imagenette": 80.5}
+LITE0_IMAGENET_SAMPLE_TOP1 = 85.0  # tf_efficientnet_lite0's floor on the 1000 ImageNet photos (it scores ~88)
 
 
 def need(path: Path) -> Path:
@@ -95,32 +96,60 @@ def eval_files(name: str) -> list[tuple[Path, int]]:
     return imagenette_files() if name in FIXTURE_CARDS else imagenet_sample_files()
 
 
+# PyTorch's own top-1 is computed on every 5th evaluation image (200 of 1000, every class): the export is verified
+# against PyTorch per model and the preprocessing equals timm's bit for bit (test_preprocess.py), so this subset checks
+# the pipeline end to end; the accuracy itself is taken from predict on every image
+TORCH_EVERY = 5
+
+
+def _once(tmp_path_factory, folder: str, name: str, compute):
+    """compute() -> a JSON-able value, computed by whichever worker of the session asks first, then read back."""
+    import json
+
+    from filelock import FileLock
+    path = session_dir(tmp_path_factory, folder) / f"{name}.json"
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            path.write_text(json.dumps(compute()))
+    return json.loads(path.read_text())
+
+
 @pytest.fixture(scope="session")
 def torch_top1_ids(tmp_path_factory):
-    """name -> PyTorch's top-1 class for each of eval_files(name), the card's weights and preprocessing: computed
-    once per session (by whichever worker asks first) for the tests that hold cvzoo's numbers against PyTorch's."""
-    import torch
-    from filelock import FileLock
+    """name -> PyTorch's top-1 class for each of eval_files(name)[::TORCH_EVERY], the card's weights and preprocessing:
+    computed once per session for the tests that hold cvzoo's numbers against PyTorch's."""
+    def compute(name):
+        import torch
 
-    from cvzoo.card import get_card
-    from cvzoo.models import create_model
-    from cvzoo.preprocess import load_image, preprocess_image
-    folder = session_dir(tmp_path_factory, "torch-top1")
+        from cvzoo.card import get_card
+        from cvzoo.models import create_model
+        from cvzoo.preprocess import load_image, preprocess_image
+        card = get_card(name)
+        model = create_model(card, weights="default")
+        ids = []
+        with torch.inference_mode():  # batch 8: depthwise nets run twice as fast in eager as at 50 (cache)
+            for chunk in batched(eval_files(name)[::TORCH_EVERY], 8):
+                x = np.stack([preprocess_image(load_image(f), card.preprocessing) for f, _ in chunk])
+                ids += model(torch.from_numpy(x)).argmax(1).tolist()
+        return ids
+    return lambda name: np.array(_once(tmp_path_factory, "torch-top1", name, lambda: compute(name)))
 
-    def get(name):
-        path = folder / f"{name}.npy"
-        with FileLock(f"{path}.lock"):
-            if not path.exists():
-                card = get_card(name)
-                model = create_model(card, weights="default")
-                ids = []
-                with torch.inference_mode():  # batch 8: depthwise nets run twice as fast in eager as at 50 (cache)
-                    for chunk in batched(eval_files(name), 8):
-                        x = np.stack([preprocess_image(load_image(f), card.preprocessing) for f, _ in chunk])
-                        ids += model(torch.from_numpy(x)).argmax(1).tolist()
-                np.save(path, np.array(ids))
-        return np.load(path)
-    return get
+
+@pytest.fixture(scope="session")
+def fp32_predictions(tmp_path_factory, artifacts):
+    """name -> `predict` of the fp32 artifact on every image of eval_files(name) (top-5, batch 32), as a list of
+    {"path", "ok", "ids"}: one run per session, which test_predict holds to PyTorch and the eval, int8 and half-precision
+    tests compare with."""
+    def compute(name):
+        from cvzoo.predict import Predictor
+        preds = Predictor(artifacts(name)).predict_paths([f for f, _ in eval_files(name)], topk=5, batch=32)
+        return [{"path": p.path, "ok": p.ok, "ids": list(map(int, p.ids))} for p in preds]
+    return lambda name: _once(tmp_path_factory, "fp32-predictions", name, lambda: compute(name))
+
+
+def top1_of(ids, files) -> float:
+    """Top-1 accuracy (%) of predicted class ids against the (file, label) pairs."""
+    return 100.0 * float((np.asarray(ids) == np.array([y for _, y in files])).mean())
 
 
 @pytest.fixture(scope="session")
@@ -175,11 +204,15 @@ def effnetv2_generic_int8(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def local_sweep(tmp_path_factory):
-    """Two fixtures x {fp32, int8} swept locally with benchmarks (limited eval): (out dir, table, sweep arguments)."""
+    """Two fixtures x {fp32, int8} swept locally with benchmarks (limited eval): (out dir, table, sweep arguments).
+    Calibration: 60 of the ImageNet photos, 40 calibrating and 20 held out (the sweep is tested, not the guard)."""
     from cvzoo.sweep import sweep
     out = tmp_path_factory.mktemp("sweep") / "sweep"
-    kw = dict(calib=need(IMAGENET_SAMPLE), count=40, limit=200, bench=True, bench_seconds=0.5)
-    models = ["cspresnet50-imagenette", "dla34-imagenette"]
+    calib = tmp_path_factory.mktemp("sweep-calib")
+    for photo in sorted(need(IMAGENET_SAMPLE).glob("*.JPEG"))[::16][:60]:
+        (calib / photo.name).symlink_to(photo)
+    kw = dict(calib=calib, count=40, limit=200, bench=True, bench_seconds=0.5)
+    models = ["dla34-imagenette", "ese_vovnet19b_dw-imagenette"]
     table = sweep(models, ["fp32", "int8"], need(IMAGENETTE_VAL), out, say=print, **kw)
     return out, table, dict(models=models, **kw)
 

@@ -16,12 +16,10 @@ from cvzoo.build import build
 from cvzoo.buildconfig import load_config, parse_config
 from cvzoo.errors import CvzooError
 from cvzoo.predict import Predictor
-from tests.conftest import IMAGENET_SAMPLE, imagenet_sample_files, imagenette_files, need
+from tests.conftest import IMAGENET_SAMPLE, imagenet_sample_files, imagenette_files, need, top1_of
 
 def _top1(artifact, files) -> float:
-    paths, labels = [f for f, _ in files], np.array([y for _, y in files])
-    ids = np.array([p.ids[0] for p in Predictor(artifact).predict_paths(paths, topk=1, batch=50)])
-    return 100.0 * float((ids == labels).mean())
+    return top1_of([p.ids[0] for p in Predictor(artifact).predict_paths([f for f, _ in files], topk=1, batch=50)], files)
 
 
 def _cfg(model, tmp, **kw):
@@ -114,7 +112,7 @@ def test_a_missed_target_exits_4_and_writes_nothing_unless_accepted(tmp_path):
 
 @pytest.mark.shared
 @pytest.mark.slow
-def test_lite0_int8_on_imagenet_sample_disjoint_halves(tmp_path):
+def test_lite0_int8_on_imagenet_sample_disjoint_halves(tmp_path, fp32_predictions):
     """Real ImageNet weights, the config's settings: calibrated and guarded on 500 ImageNet photos (labelled, so
     the guard measures the drop), evaluated on the other 500."""
     cfg = load_config(Path("configs/tf_efficientnet_lite0_int8.yaml"))
@@ -123,11 +121,12 @@ def test_lite0_int8_on_imagenet_sample_disjoint_halves(tmp_path):
     art = build(cfg, say=print)
     m = Artifact.load(art).manifest.build
     used = {f.path for f in m.calibration.files} | set(m.guard.held_out)
-    rest = [(f, y) for f, y in imagenet_sample_files() if str(f) not in used]
+    files = imagenet_sample_files()
+    rest = [i for i, (f, _) in enumerate(files) if str(f) not in used]
     assert len(rest) == 500 and m.guard.labelled
-    fp32 = build(parse_config(dict(model="tf_efficientnet_lite0", weights="default", workspace=str(tmp_path))),
-                 say=lambda m: None)
-    a, b = _top1(fp32, rest), _top1(art, rest)
+    fp32_ids = [fp32_predictions("tf_efficientnet_lite0")[i]["ids"][0] for i in rest]
+    rest = [files[i] for i in rest]
+    a, b = top1_of(fp32_ids, rest), _top1(art, rest)
     print(f"tf_efficientnet_lite0 on the held-out 500: fp32 {a:.1f} int8 {b:.1f}")
     assert a - b <= 1.0
 
@@ -147,6 +146,7 @@ def test_build_is_deterministic_and_records_settings(tmp_path):
     assert len(m["build"]["calibration"]["files"]) == 40 and len(m["build"]["guard"]["held_out"]) == 20
     assert all(len(f["sha256"]) == 64 for f in m["build"]["calibration"]["files"])
     assert m["build"]["guard"]["passed"] is None and m["build"]["fidelity"]["vs_fp32"]["agreement"] > 0.8
+    _assert_qdq_placement(a, outputs=True)  # format qdq on ONNX Runtime: Q/DQ on conv outputs too, by default
 
 
 @pytest.mark.shared
@@ -176,14 +176,8 @@ def test_openvino_int8_keeps_fixture_accuracy(tmp_path):
     assert _meets_on_imagenette(art, name, 0.5, engine="openvino")  # tighter than the build's 1.0
 
 
-@pytest.mark.shared
-@pytest.mark.parametrize("outputs", [True, False])
-def test_qdq_placement(outputs, tmp_path):
-    """Q/DQ on conv outputs too (ONNX Runtime's QLinearConv form) or on conv inputs only (NNCF's placement,
-    which lets OpenVINO fuse the activation); both compute the same network."""
+def _assert_qdq_placement(art: Path, outputs: bool) -> None:
     import onnx
-    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40, "holdout": 20}, guard={"enabled": False},
-                     quantize={"quantize_outputs": outputs, "weights": "s8", "format": "qdq"}), say=lambda m: None)
     g = onnx.load(str(art / "model.onnx")).graph
     conv_outputs = {n.output[0] for n in g.node if n.op_type == "Conv"}
     dq_outputs = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
@@ -194,6 +188,16 @@ def test_qdq_placement(outputs, tmp_path):
     assert q.quantize_outputs_chosen == outputs and q.form.endswith("-inputs_only") != outputs
     assert q.measured_with == "onnxruntime" and q.float_head == "/fc/Conv"
     assert Artifact.load(art).manifest.build.fidelity["vs_fp32"].agreement > 0.8
+
+
+@pytest.mark.shared
+def test_qdq_on_conv_inputs_only(tmp_path):
+    """Q/DQ on conv inputs only (NNCF's placement, which lets OpenVINO fuse the activation), against the default
+    QLinearConv form (Q/DQ on conv outputs too: test_build_is_deterministic_and_records_settings); both compute the
+    same network."""
+    art = build(_cfg("dla34-imagenette", tmp_path, calibration={"count": 40, "holdout": 20}, guard={"enabled": False},
+                     quantize={"quantize_outputs": False, "weights": "s8", "format": "qdq"}), say=lambda m: None)
+    _assert_qdq_placement(art, outputs=False)
 
 
 @pytest.mark.shared
@@ -215,7 +219,7 @@ HALF_CASES = [("dla34-imagenette", "bf16"), ("efficientnetv2_rw_t-imagenette", "
 
 @pytest.mark.shared
 @pytest.mark.parametrize("name, dtype", HALF_CASES)
-def test_openvino_half_precision_keeps_fixture_accuracy(name, dtype, tmp_path, torch_top1_ids):
+def test_openvino_half_precision_keeps_fixture_accuracy(name, dtype, tmp_path, fp32_predictions):
     """fp16/bf16 for OpenVINO: the fp32 graph computed in half precision where the CPU has it (AVX512-FP16,
     AMX/AVX512-BF16). Where it does not, OpenVINO computes another precision (an fp16 request runs bf16 on a Zen 4
     EPYC, which has AVX512-BF16 but no FP16; f32 with neither), and the artifact must say so, not pretend."""
@@ -236,8 +240,8 @@ def test_openvino_half_precision_keeps_fixture_accuracy(name, dtype, tmp_path, t
     assert set(timings) == {"fp32", dtype} and min(timings.values()) > 0
     # a half-precision run differs from fp32 a little; a silent f32 fallback not at all
     assert (fid.max_abs_diff > 1e-3) if computes != "f32" else (fid.max_abs_diff < 1e-3)
-    files = imagenette_files()  # fp32's top-1 is PyTorch's, image for image (test_predict)
-    top1, ref = _top1(art, files), 100.0 * float((torch_top1_ids(name) == np.array([y for _, y in files])).mean())
+    files = imagenette_files()
+    top1, ref = _top1(art, files), top1_of([p["ids"][0] for p in fp32_predictions(name)], files)
     print(f"{name} openvino {dtype} (computes {computes}): top-1 {top1:.1f} vs fp32 {ref:.1f}; "
           f"agreement on 50 ImageNet photos {100 * fid.agreement:.0f}%, max|Δlogit| {fid.max_abs_diff:.3f}")
     assert ref - top1 <= 0.5

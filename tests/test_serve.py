@@ -60,7 +60,7 @@ class Server:
         return self.proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: xdist may run other modules' tests in between, and a restart is 10 s
 def server(artifacts):
     s = Server(artifacts(LITE0), "--instances", "2", "--max-batch", "8", "--max-delay-ms", "20", "--max-body-mb", "4")
     yield s

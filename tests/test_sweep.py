@@ -7,7 +7,7 @@ import pytest
 from cvzoo.sweep import sweep
 from tests.conftest import IMAGENETTE_VAL, need
 
-MODELS = ["cspresnet50-imagenette", "dla34-imagenette"]
+MODELS = ["dla34-imagenette", "ese_vovnet19b_dw-imagenette"]
 
 
 def _check(out, table):
