@@ -5,8 +5,8 @@ import json
 import os
 import random
 
-import numpy as np
 from locust import FastHttpUser, constant, events, task
+from serve_bodies import jpeg_body, tensor_body  # serve_throughput.py puts benchmarks/ on PYTHONPATH
 
 MODEL = os.environ["CVZOO_MODEL"]
 MODE = os.environ.get("CVZOO_MODE", "tensor")
@@ -17,22 +17,7 @@ URL = f"/v2/models/{MODEL}/infer"
 COUNTS = {"good": 0, "good_wrong": 0, "good_failed": 0, "bad": 0, "bad_not_4xx": 0}
 
 
-def v2_binary(header: dict, blob: bytes) -> tuple[bytes, dict]:
-    js = json.dumps(header).encode()
-    return js + blob, {"Inference-Header-Content-Length": str(len(js)), "Content-Type": "application/octet-stream"}
-
-
-TENSOR = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32).tobytes()
-TENSOR_BODY = v2_binary({"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(TENSOR)}}],
-                         "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, TENSOR)
-
-
-def jpeg_body(data: bytes) -> tuple[bytes, dict]:
-    blob = len(data).to_bytes(4, "little") + data
-    return v2_binary({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                  "parameters": {"binary_data_size": len(blob)}}],
-                      "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, blob)
+TENSOR_BODY = tensor_body(SIZE)
 
 
 class Client(FastHttpUser):

@@ -1,16 +1,19 @@
-"""Serving: `cvzoo serve` (dynamic batching) under load from locust vs `cvzoo bench` engine-only on the same artifact
-and machine, in one run. Writes JSON (and prints Markdown).
+"""Serving: `cvzoo serve` (dynamic batching) under load vs `cvzoo bench` engine-only on the same artifact and machine,
+in one run. Writes JSON (and prints Markdown).
 
     python benchmarks/serve_throughput.py --out benchmarks/results/serve_throughput.json [--soak-minutes 10]
 
-Load generator: locust (FastHttpUser, headless), KServe v2 requests in Triton's binary format; Triton's perf_analyzer
-is what the issue asks for first, but PyPI's `perf-analyzer` is a 0.1.0 placeholder on these machines. For each
-fixture x engine: the default guarded int8 build (calibrated on ../shared/data/imagenet-sample); engine-only images/s
-at batch 1 and at --max-batch (`cvzoo bench`, one instance); the server at --users concurrent clients, one FP32 tensor
-per request, then one JPEG per request (Imagenette val, top-1 checked against `cvzoo predict`), against
-`cvzoo bench --images`. The load generator shares the machine's cores with the server: on 2 cores its own CPU time is
-part of what is measured. --soak-minutes: the first model at concurrency 32 with 5% bad requests mixed in; every good
-answer's top-1 checked; the server's RSS after warm-up and at the end.
+Load generators, each at --users concurrent connections, KServe v2 requests in Triton's binary format (Triton's
+perf_analyzer is what the issue asks for first, but PyPI's `perf-analyzer` is a 0.1.0 placeholder on these machines):
+- wrk (C, one thread, epoll; Debian's `wrk` package, benchmarks/serve_wrk.lua): light enough that the server gets
+  most of the cores; it counts non-2xx answers but does not read them;
+- locust (FastHttpUser, headless): a Python process that needs most of a core at these rates, and checks every JPEG
+  answer's top-1 against `cvzoo predict`.
+For each fixture x engine: the default guarded int8 build (calibrated on ../shared/data/imagenet-sample); engine-only
+images/s at batch 1 and at --max-batch (`cvzoo bench`, one instance); the server under each generator, one FP32 tensor
+per request, then one JPEG per request (Imagenette val), against `cvzoo bench --images`. --soak-minutes: the first
+model at concurrency 32 with 5% bad requests mixed in (locust: every good answer's top-1 checked); the server's RSS
+after warm-up and at the end.
 """
 from __future__ import annotations
 
@@ -18,12 +21,15 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from serve_bodies import jpeg_body, tensor_body  # this folder is on sys.path when the script runs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HERE = Path(__file__).resolve().parent
@@ -42,11 +48,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(art: Path, engine: str, max_batch: int, delay_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(art: Path, engine: str, max_batch: int, delay_ms: float, instances: int
+                 ) -> tuple[subprocess.Popen, str]:
     import httpx
     p = port()
     proc = subprocess.Popen([sys.executable, "-m", "cvzoo", "serve", str(art), "--engine", engine, "--port", str(p),
-                             "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms)],
+                             "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms),
+                             "--instances", str(instances)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{p}"
     for _ in range(600):
@@ -66,7 +74,8 @@ def locust(url: str, env: dict, users: int, seconds: float, tmp: Path, tag: str)
     subprocess.run([sys.executable, "-m", "locust", "-f", str(HERE / "serve_locustfile.py"), "--headless",
                     "-u", str(users), "-r", str(users), "-t", f"{int(seconds)}s", "-H", url, "--csv", str(prefix),
                     "--only-summary", "--loglevel", "ERROR"],
-                   env={**os.environ, **env, "CVZOO_COUNTS": str(counts)}, check=False, capture_output=True)
+                   env={**os.environ, **env, "CVZOO_COUNTS": str(counts), "PYTHONPATH": str(HERE)}, check=False,
+                   capture_output=True)
     rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
     agg = rows["Aggregated"]
     out = {"requests": int(agg["Request Count"]), "failures": int(agg["Failure Count"]),
@@ -77,6 +86,25 @@ def locust(url: str, env: dict, users: int, seconds: float, tmp: Path, tag: str)
     return out
 
 
+def wrk(url: str, model: str, bodies: list[tuple[bytes, dict]], users: int, seconds: float, tmp: Path,
+        tag: str) -> dict:
+    listing = tmp / f"{tag}-bodies.txt"
+    lines = []
+    for i, (body, headers) in enumerate(bodies):
+        (tmp / f"{tag}-{i}.bin").write_bytes(body)
+        lines.append(f"{headers['Inference-Header-Content-Length']} {tmp / f'{tag}-{i}.bin'}")
+    listing.write_text("\n".join(lines) + "\n")
+    out = tmp / f"{tag}-wrk.json"
+    env = {**os.environ, "CVZOO_WRK_PATH": f"/v2/models/{model}/infer", "CVZOO_WRK_BODIES": str(listing),
+           "CVZOO_WRK_OUT": str(out)}
+    subprocess.run(["wrk", "-t1", f"-c{users}", f"-d{int(seconds)}s", "--timeout", "10s", "-s",
+                    str(HERE / "serve_wrk.lua"), url], env=env, check=True, capture_output=True)
+    r = json.loads(out.read_text())
+    return {"requests": r["requests"], "failures": r["non_2xx"] + r["socket_errors"],
+            "requests_per_s": round(r["requests"] / r["duration_s"], 2),
+            **{k: round(r[k], 1) for k in ("p50_ms", "p90_ms", "p99_ms")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="dla34-imagenette,ese_vovnet19b_dw-imagenette")
@@ -85,7 +113,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
+    ap.add_argument("--instances", type=int, default=1, help="engine instances, in the server and engine-only alike")
     ap.add_argument("--soak-minutes", type=float, default=0)
+    ap.add_argument("--load-generators", default=None, help="wrk,locust (default: both where wrk is installed)")
     ap.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = ap.parse_args()
     from cvzoo.artifact import Artifact
@@ -97,6 +127,7 @@ def main() -> None:
     from cvzoo.postprocess import write_text_atomic
     from cvzoo.predict import Predictor
     engines = args.engines.split(",") if args.engines else installed_cpu_engines()
+    generators = (args.load_generators or ("wrk,locust" if shutil.which("wrk") else "locust")).split(",")
     rows, first = [], None
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -114,34 +145,40 @@ def main() -> None:
                 expected = [[str(f), p.ids[0]] for f, p in zip(files, pred.predict_paths(files, topk=1))]
                 pred.close()
                 rep = bench(art, engine=engine, batches=(1, args.max_batch), duration=args.seconds / 2, warmup=1.0,
-                            images=val)
+                            images=val, instances=args.instances)
                 ips = {r["batch"]: r["throughput_ips"] for r in rep["results"]}
-                proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms)
+                proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances)
                 env = {"CVZOO_MODEL": a.name, "CVZOO_SIZE": str(size), "CVZOO_FILES": json.dumps(expected)}
+                bodies = {"tensor": [tensor_body(size)], "jpeg": [jpeg_body(f.read_bytes()) for f in files]}
+                served = {}
                 try:
                     locust(url, {**env, "CVZOO_MODE": "tensor"}, args.users, 5, tmp, "warm")
-                    tensor = locust(url, {**env, "CVZOO_MODE": "tensor"}, args.users, args.seconds, tmp, "tensor")
-                    jpeg = locust(url, {**env, "CVZOO_MODE": "jpeg"}, args.users, args.seconds, tmp, "jpeg")
+                    for gen in generators:
+                        for mode in ("tensor", "jpeg"):
+                            served[f"{gen}_{mode}"] = (
+                                wrk(url, a.name, bodies[mode], args.users, args.seconds, tmp, mode) if gen == "wrk"
+                                else locust(url, {**env, "CVZOO_MODE": mode}, args.users, args.seconds, tmp, mode))
                     rss = rss_mb(proc.pid)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=60)
+                e2e = rep["end_to_end"]["end_to_end_ips"]
                 row = {"model": name, "engine": engine, "input_size": size, "form": a.manifest.build.quantization.form,
                        "users": args.users, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
-                       "engine_only_ips_b1": round(ips[1], 2), f"engine_only_ips_b{args.max_batch}":
-                           round(ips[args.max_batch], 2),
-                       "served_tensor": tensor, "served_vs_engine_only": round(tensor["requests_per_s"] /
-                                                                               ips[args.max_batch], 3),
-                       "bench_images_ips": round(rep["end_to_end"]["end_to_end_ips"], 2), "served_jpeg": jpeg,
-                       "served_jpeg_vs_bench_images": round(jpeg["requests_per_s"] /
-                                                            rep["end_to_end"]["end_to_end_ips"], 3),
+                       "instances": args.instances,
+                       "engine_only_ips_b1": round(ips[1], 2), "engine_only_ips_bmax": round(ips[args.max_batch], 2),
+                       "bench_images_ips": round(e2e, 2), "served": served,
+                       "served_vs_engine_only": {g: round(served[f"{g}_tensor"]["requests_per_s"] / ips[args.max_batch],
+                                                          3) for g in generators},
+                       "served_jpeg_vs_bench_images": {g: round(served[f"{g}_jpeg"]["requests_per_s"] / e2e, 3)
+                                                       for g in generators},
                        "server_rss_mb": round(rss, 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 first = first or (art, engine, env, row)
         if args.soak_minutes:  # after the speed rows: it checks answers and memory, not speed
             art, engine, env, row = first
-            proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms)
+            proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances)
             try:
                 locust(url, {**env, "CVZOO_MODE": "soak"}, 32, 30, tmp, "soak-warm")
                 before = rss_mb(proc.pid)
@@ -153,23 +190,24 @@ def main() -> None:
             row["soak"] = {"minutes": args.soak_minutes, "users": 32, **soak, "rss_after_warmup_mb": round(before, 1),
                            "rss_end_mb": round(after, 1), "rss_growth": round(after / before - 1, 3)}
             print(json.dumps(row["soak"]), flush=True)
-    report = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "load_generator": "locust (FastHttpUser)",
+    report = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "load_generators": generators,
               "rows": rows}
     write_text_atomic(Path(args.out), json.dumps(report, indent=2))
     print(markdown(report))
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | engine | engine-only b1 / b8 img/s | served tensor img/s (p50 / p99 ms) | served / engine-only b8 "
-             "| bench --images img/s | served JPEG img/s (p50 / p99 ms) | served JPEG / bench --images |",
-             "|" + "---|" * 8]
+    lines = ["| model | engine | load generator | engine-only b1 / bmax img/s | served tensor img/s (p50 / p90 / p99 ms) "
+             "| served / engine-only bmax | bench --images img/s | served JPEG img/s (p50 / p90 / p99 ms) "
+             "| served JPEG / bench --images |", "|" + "---|" * 9]
     for r in report["rows"]:
-        t, j = r["served_tensor"], r["served_jpeg"]
-        b8 = [v for k, v in r.items() if k.startswith("engine_only_ips_b") and k != "engine_only_ips_b1"][0]
-        lines.append(f"| {r['model']} | {r['engine']} | {r['engine_only_ips_b1']:.1f} / {b8:.1f} | "
-                     f"{t['requests_per_s']:.1f} ({t['p50_ms']:.0f} / {t['p99_ms']:.0f}) | {r['served_vs_engine_only']:.2f} | "
-                     f"{r['bench_images_ips']:.1f} | {j['requests_per_s']:.1f} ({j['p50_ms']:.0f} / {j['p99_ms']:.0f}) | "
-                     f"{r['served_jpeg_vs_bench_images']:.2f} |")
+        for g in report["load_generators"]:
+            t, j = r["served"][f"{g}_tensor"], r["served"][f"{g}_jpeg"]
+            lines.append(f"| {r['model']} | {r['engine']} | {g} | {r['engine_only_ips_b1']:.1f} / "
+                         f"{r['engine_only_ips_bmax']:.1f} | {t['requests_per_s']:.1f} ({t['p50_ms']:.0f} / "
+                         f"{t['p90_ms']:.0f} / {t['p99_ms']:.0f}) | {r['served_vs_engine_only'][g]:.2f} | "
+                         f"{r['bench_images_ips']:.1f} | {j['requests_per_s']:.1f} ({j['p50_ms']:.0f} / "
+                         f"{j['p90_ms']:.0f} / {j['p99_ms']:.0f}) | {r['served_jpeg_vs_bench_images'][g]:.2f} |")
     return "\n".join(lines)
 
 

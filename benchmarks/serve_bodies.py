@@ -1,0 +1,27 @@
+"""KServe v2 request bodies in Triton's binary format, shared by the load generators of serve_throughput.py."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def v2_binary(header: dict, blob: bytes) -> tuple[bytes, dict]:
+    js = json.dumps(header).encode()
+    return js + blob, {"Inference-Header-Content-Length": str(len(js)), "Content-Type": "application/octet-stream"}
+
+
+def tensor_body(size: int) -> tuple[bytes, dict]:
+    """One seeded preprocessed FP32 image (NCHW) asking for the top-1."""
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32).tobytes()
+    return v2_binary({"inputs": [{"name": "input", "shape": [1, 3, size, size], "datatype": "FP32",
+                                  "parameters": {"binary_data_size": len(x)}}],
+                      "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, x)
+
+
+def jpeg_body(data: bytes) -> tuple[bytes, dict]:
+    """One encoded image as the `image` BYTES input (4-byte length prefix) asking for the top-1."""
+    blob = len(data).to_bytes(4, "little") + data
+    return v2_binary({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                  "parameters": {"binary_data_size": len(blob)}}],
+                      "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, blob)
