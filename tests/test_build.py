@@ -72,19 +72,6 @@ def test_efficientnetv2_on_generic_photos_meets_its_target_with_a_handful_in_flo
 
 
 @pytest.mark.shared
-def test_guard_does_not_exclude_nodes_for_noise(tmp_path):
-    """dla34 on generic photos: int8 flips a few of the 200 held-out photos' top-1 (between classes fp32 itself is
-    unsure of); the guard passes it fully quantized, where the old 99%-agreement rule kept 37 of 38 nodes in float."""
-    art = build(_cfg("dla34-imagenette", tmp_path), say=lambda m: None)
-    m = Artifact.load(art).manifest.build
-    g, q = m.guard, m.quantization
-    assert g.passed and q.excluded_nodes == [] and q.steps == []
-    assert g.after.agreement < 1.0  # there were flips, and they were not enough to act on
-    assert g.after.expected_ci95[0] <= g.after.expected_drop <= g.after.expected_ci95[1]
-    assert q.form in q.form_timings_b1_s and q.machine["cpu"]
-
-
-@pytest.mark.shared
 def test_a_missed_target_exits_4_and_writes_nothing_unless_accepted(tmp_path):
     """A target the build cannot meet (every held-out image in agreement, no recovery, nothing kept in float):
     exit code 4, one line saying what was reached and what was asked, no artifact. --accept-degraded writes it,
@@ -163,14 +150,21 @@ def test_auto_format_measures_candidates(tmp_path):
 
 @pytest.mark.shared
 @pytest.mark.slow
-def test_openvino_int8_keeps_fixture_accuracy(tmp_path):
-    """An int8 build for OpenVINO: Q/DQ placement timed and the guard measured with OpenVINO's own int8 kernels
-    (which differ from ONNX Runtime's, e.g. on CPUs without VNNI); evaluated with OpenVINO."""
+def test_openvino_int8_passes_despite_flips_and_keeps_fixture_accuracy(tmp_path):
+    """dla34 on generic photos, built for OpenVINO: Q/DQ placement timed and the guard measured with OpenVINO's own
+    int8 kernels (which differ from ONNX Runtime's, e.g. on CPUs without VNNI); evaluated with OpenVINO. int8 flips
+    a few of the 200 held-out photos' top-1 (between classes fp32 itself is unsure of); the guard passes it fully
+    quantized, where the old 99%-agreement rule kept 37 of 38 nodes in float."""
     pytest.importorskip("openvino")
     name = "dla34-imagenette"
     art = build(_cfg(name, tmp_path, engine="openvino"), say=lambda m: None)
-    q = Artifact.load(art).manifest.build.quantization
+    m = Artifact.load(art).manifest.build
+    g, q = m.guard, m.quantization
+    assert g.passed and q.excluded_nodes == [] and q.steps == []
+    assert g.after.agreement < 1.0  # there were flips, and they were not enough to act on
+    assert g.after.expected_ci95[0] <= g.after.expected_drop <= g.after.expected_ci95[1]
     assert q.measured_with == "openvino" and {"qdq-s8", "qdq-s8-inputs_only"} <= set(q.form_timings_b1_s)
+    assert q.form in q.form_timings_b1_s and q.machine["cpu"]
     print(f"{name} openvino int8 ({q.form}, {len(q.excluded_nodes)} nodes in float), speed-up "
           f"{q.speedup_vs_fp32}")
     assert _meets_on_imagenette(art, name, 0.5, engine="openvino")  # tighter than the build's 1.0
