@@ -73,7 +73,8 @@ def test_efficientnetv2_on_generic_photos_meets_its_target_with_a_handful_in_flo
 
 @pytest.mark.shared
 def test_a_missed_target_exits_4_and_writes_nothing_unless_accepted(tmp_path):
-    """A target the build cannot meet (every held-out image in agreement, no recovery, nothing kept in float):
+    """A target the build cannot meet (every held-out image in agreement, no recovery, nothing kept in float; one
+    form, which is all this needs):
     exit code 4, one line saying what was reached and what was asked, no artifact. --accept-degraded writes it,
     marked, and predict warns when it loads it."""
     import subprocess
@@ -81,7 +82,7 @@ def test_a_missed_target_exits_4_and_writes_nothing_unless_accepted(tmp_path):
     cfg = tmp_path / "miss.yaml"
     cfg.write_text(f"model: ese_vovnet19b_dw-imagenette\nweights: default\ndtype: int8\nworkspace: {tmp_path / 'ws'}\n"
                    f"calibration: {{path: {need(IMAGENET_SAMPLE)}, count: 40, holdout: 100}}\n"
-                   "quantize: {recovery: []}\nguard: {min_agreement: 1.0, max_excluded: 0}\n")
+                   "quantize: {format: qdq, recovery: []}\nguard: {min_agreement: 1.0, max_excluded: 0}\n")
     run = lambda *a: subprocess.run([sys.executable, "-m", "cvzoo", *map(str, a)], capture_output=True, text=True)
     miss = run("build", cfg)
     assert miss.returncode == 4 and "Traceback" not in miss.stderr, miss.stderr
