@@ -53,9 +53,10 @@ def main() -> None:
         held = [Path(p) for p in m.guard.held_out]
         xh = load_arrays(held, art.preprocessing)[0]
         xc = load_arrays([Path(f.path) for f in m.calibration.files], art.preprocessing)[0]
-        ref, got = run_logits(fp32.model_path, xh), run_logits(art.model_path, xh, engine=args.engine)
         ops = calibrated_ops(m.quantization.op_types)
-        calib_stats, held_stats = image_ranges(fp32.model_path, xc, ops), image_ranges(fp32.model_path, xh, ops)
+        calib_stats = image_ranges(fp32.model_path, xc, ops)
+        held_stats = image_ranges(fp32.model_path, xh, ops, outputs=True)  # fp32's logits from the same pass
+        ref, got = held_stats.outputs, run_logits(art.model_path, xh, engine=args.engine)
     p, a, b = softmax(ref.astype(np.float64)), ref.argmax(1), got.argmax(1)
     cost, kl = per_image(ref, got)
     times = calib_stats.times_median(held_stats)
