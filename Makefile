@@ -10,6 +10,8 @@ TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 # The real mmpretrain and PaddleClas, each in its own venv (PaddleClas pins numpy 1.24), for tests/test_sources.py.
 SOURCE_ENVS ?= .venv-sources
 SOURCES := paddleclas mmpretrain
+# pip installs on one core: `.venv` and the PaddleClas venv install side by side (mmpretrain waits for `.venv`)
+MAKEFLAGS += -j2
 
 .PHONY: demo test test-fast venv source-envs clean gpu-kit
 

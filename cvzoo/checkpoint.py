@@ -5,14 +5,17 @@ import importlib.util
 import os
 import pickle
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from .card import ModelCard, list_models
-from .converters import CONVERTERS, StateDict
 from .errors import CvzooError
+
+if TYPE_CHECKING:  # finding a card's weights needs no torch: a build from the export cache never imports it
+    import torch
+
+    from .converters import StateDict
 
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _SHOWN = 6  # keys listed per category in an error line
@@ -21,6 +24,7 @@ _SHOWN = 6  # keys listed per category in an error line
 def read_state_dict(path: Path, use_ema: bool = False) -> StateDict:
     """Read a .pth/.pth.tar/.pt/.safetensors/.pdparams file into a float32 state dict without running any
     code."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise CvzooError(f"{path}: checkpoint file not found")
@@ -53,6 +57,7 @@ def read_state_dict(path: Path, use_ema: bool = False) -> StateDict:
 
 
 def _unwrap(obj, path: Path, use_ema: bool) -> StateDict:
+    import torch
     if isinstance(obj, dict):
         keys = ("state_dict_ema", "model_ema") + WRAPPER_KEYS if use_ema else WRAPPER_KEYS
         for key in keys:
@@ -89,6 +94,7 @@ def _fmt(label: str, items: list[str]) -> str:
 def load_weights(model: torch.nn.Module, card: ModelCard, path: Path, checkpoint_format: str = "auto",
                  use_ema: bool = False) -> str:
     """Load a checkpoint strictly into `model`; returns the checkpoint format that fitted."""
+    from .converters import CONVERTERS
     formats = list(card.checkpoint) if checkpoint_format == "auto" else [checkpoint_format]
     unknown = [f for f in formats if f not in CONVERTERS]
     if unknown:

@@ -7,17 +7,18 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
-import torch
 
 from .artifact import Artifact, atomic_dir, sha256, versions, write_manifest
 from .card import ModelCard, get_card
 from .datasets import demo_images
 from .errors import CvzooError
-from .models import RANDOM_INIT_NOTE, create_model, set_bn_statistics
 from .preprocess import preprocess_image
+
+if TYPE_CHECKING:  # torch and timm are imported where a model is made: a cached export is found without them
+    import torch
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 FP32_TOLERANCE = 1e-4  # max |logit difference| ORT vs torch, fp32
@@ -60,6 +61,7 @@ def demo_batch(card: ModelCard, size: int) -> np.ndarray:
 
 
 def _onnx_export(model: torch.nn.Module, size: int, path: Path, opset: int, batch: Union[str, int]) -> None:
+    import torch
     dummy = torch.zeros(1 if batch == "dynamic" else int(batch), 3, size, size)
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch == "dynamic" else None
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -93,6 +95,7 @@ class TorchReference:
         step = len(real) if batch == "dynamic" else n  # a dynamic graph takes the photos as one batch
         self.model = model
         self.inputs = [rand] + [real[i:i + step] for i in range(0, len(real) - step + 1, step)]
+        import torch
         with torch.inference_mode():
             self.fp32 = [model(torch.from_numpy(x)).numpy() for x in self.inputs]
         self._fp64: Optional[list[np.ndarray]] = None
@@ -101,6 +104,8 @@ class TorchReference:
     def fp64(self) -> list[np.ndarray]:
         if self._fp64 is None:
             import copy
+
+            import torch
             exact = copy.deepcopy(self.model).double()
             with torch.inference_mode():
                 self._fp64 = [exact(torch.from_numpy(x).double()).numpy() for x in self.inputs]
@@ -142,11 +147,18 @@ def base_manifest(card: ModelCard, size: int, weights: Optional[Path], batch: Un
     }
 
 
+RANDOM_INIT_NOTE = ("timm init (torch seed 0) + BatchNorm statistics from the shipped demo photos and 8 seeded N(0,1) "
+                    "images (no checkpoint)")
+
+
 def source_model(card: ModelCard, weights: Optional[Path], size: int, checkpoint_format: str = "auto"
                  ) -> torch.nn.Module:
     """The PyTorch model an artifact is exported from, reproducible from its manifest (the torch-cuda
     engine rebuilds it): the checkpoint's weights, or a seeded random init with BatchNorm statistics
     from the shipped photos and seeded noise."""
+    import torch
+
+    from .models import create_model, set_bn_statistics
     if weights is not None:
         return create_model(card, weights=weights, checkpoint_format=checkpoint_format)
     with torch.random.fork_rng():

@@ -36,10 +36,6 @@ def build_model(card: ModelCard, num_classes: Optional[int] = None, **kwargs) ->
     return model.eval()
 
 
-RANDOM_INIT_NOTE = ("timm init (torch seed 0) + BatchNorm statistics from the shipped demo photos and 8 seeded N(0,1) "
-                    "images (no checkpoint)")
-
-
 def set_bn_statistics(model: torch.nn.Module, inputs: torch.Tensor) -> torch.nn.Module:
     """Give a random-init model data-like BatchNorm statistics (a cumulative average over `inputs`), so its
     activations and logits have the scale of a trained network: timm's init leaves mean 0 / var 1, and

@@ -15,8 +15,9 @@ from .preprocess import batches, decode, decode_stream
 
 def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None, size: Optional[int] = None,
                  random_init: bool = False) -> Path:
-    """An artifact directory as given, or a model name exported once into the cache (needs torch). A name without
-    weights takes the card's own; a card without any is refused unless `random_init` (speed needs no weights)."""
+    """An artifact directory as given, or a model name exported once into the cache (exporting needs torch; finding
+    the export in the cache does not). A name without weights takes the card's own; a card without any is refused
+    unless `random_init` (speed needs no weights)."""
     if is_artifact(Path(model)):
         return Path(model)
     if Path(model).exists():

@@ -137,13 +137,17 @@ def torch_top1_ids(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fp32_predictions(tmp_path_factory, artifacts):
-    """name -> `predict` of the fp32 artifact on every image of eval_files(name) (top-5, batch 32), as a list of
-    {"path", "ok", "ids"}: one run per session, which test_predict holds to PyTorch and the eval, int8 and half-precision
-    tests compare with."""
+    """name -> `predict` of the fp32 artifact on every image of eval_files(name) (batch 32), as a list of
+    {"path", "ok", "ids", "probs"}, best first: top-5, or every class of a fixture (10), whose fp32 probabilities the
+    int8 tests then have whole. One run per session, which test_predict holds to PyTorch and the eval, int8 and
+    half-precision tests compare with."""
     def compute(name):
+        from cvzoo.card import get_card
         from cvzoo.predict import Predictor
-        preds = Predictor(artifacts(name)).predict_paths([f for f, _ in eval_files(name)], topk=5, batch=32)
-        return [{"path": p.path, "ok": p.ok, "ids": list(map(int, p.ids))} for p in preds]
+        k = 10 if get_card(name).num_classes <= 10 else 5
+        preds = Predictor(artifacts(name)).predict_paths([f for f, _ in eval_files(name)], topk=k, batch=32)
+        return [{"path": p.path, "ok": p.ok, "ids": list(map(int, p.ids)), "probs": list(map(float, p.probs))}
+                for p in preds]
     return lambda name: _once(tmp_path_factory, "fp32-predictions", name, lambda: compute(name))
 
 

@@ -3,6 +3,7 @@ tables survive pipes."""
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -10,11 +11,13 @@ from cvzoo.card import list_models
 from cvzoo.datasets import demo_images
 
 
-def _cvzoo(*argv, block=()):
-    """The CLI in a fresh process, stdout a pipe (not a terminal); `block`: modules that fail to import there."""
+def _cvzoo(*argv, block=(), env=None):
+    """The CLI in a fresh process, stdout a pipe (not a terminal); `block`: modules that fail to import there;
+    `env`: variables set there."""
     code = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in block) + \
         "from cvzoo.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
 
 
 def test_list_through_a_pipe_keeps_every_name_whole():
@@ -45,14 +48,18 @@ def test_random_weights_are_refused_unless_asked_for(artifacts):
     assert ok.returncode == 0 and "1 images predicted" in ok.stdout
 
 
-def test_a_missing_extra_is_one_line_naming_it():
-    """A deploy-only install (no torch): the model side says what to install; a built artifact still runs."""
+def test_a_missing_extra_is_one_line_naming_it(artifacts, tmp_path):
+    """A deploy-only install (no torch): exporting says what to install; a built artifact still runs, and so does a
+    model name whose verified export is in the cache."""
     for argv in (["export", "dla34"], ["predict", "tf_efficientnet_lite0", demo_images()[0]]):
-        run = _cvzoo(*argv, block=("torch", "timm"))
+        run = _cvzoo(*argv, block=("torch", "timm"), env={"CVZOO_CACHE": str(tmp_path / "empty")})
         err = " ".join(run.stderr.split())
         assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("error:") == 1, err
         assert "needs torch, which is not installed: pip install 'cvzoo[models]'" in err
         assert "a built artifact runs without it" in err
+    artifacts("tf_efficientnet_lite0")  # exported into the session's cache, which the CLI is given
+    cached = _cvzoo("predict", "tf_efficientnet_lite0", demo_images()[0], "-q", block=("torch", "timm"))
+    assert cached.returncode == 0 and "1 images predicted" in cached.stdout, cached.stderr
     run = _cvzoo("serve", "tf_efficientnet_lite0", block=("fastapi",))
     err = " ".join(run.stderr.split())
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("error:") == 1, err

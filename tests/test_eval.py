@@ -44,7 +44,7 @@ def test_eval_lite0_imagenet_sample(artifacts, fp32_predictions, tmp_path):
     assert (r["images"], r["top1"], r["top5"]) == (200, s["top1"], s["top5"])
 
 
-RESUMED = 500  # images of the interrupted eval: the first 500 of Imagenette val (resuming is the same at any count)
+RESUMED = 300  # images of the interrupted eval: the first 300 of Imagenette val (resuming is the same at any count)
 
 
 def _eval_cmd(art, data, out):
@@ -63,7 +63,7 @@ def test_one_eval_per_folder_and_sigkill_resume_gives_identical_summary(artifact
     results = part / "results.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if results.exists() and results.read_text().count("\n") >= 200:
+        if results.exists() and results.read_text().count("\n") >= 100:
             break
         time.sleep(0.05)
     # a second eval on the same folder while the first holds it (stopped, so it cannot finish meanwhile): exit 2,
@@ -76,7 +76,7 @@ def test_one_eval_per_folder_and_sigkill_resume_gives_identical_summary(artifact
     os.kill(proc.pid, signal.SIGKILL)  # then killed mid-run: the resume below must still give the full run's numbers
     proc.wait()
     n_killed = results.read_text().count("\n")
-    assert 200 <= n_killed < RESUMED, n_killed
+    assert 100 <= n_killed < RESUMED, n_killed
     with open(results, "a") as f:  # as if killed in the middle of a write
         f.write('{"i": 99999, "path": "torn')
     subprocess.run(_eval_cmd(art, data, part), check=True, capture_output=True)
