@@ -84,10 +84,11 @@ class ImageRanges:
         return sorted(found, key=lambda f: (-f["tensors"], -f["max_times_median"]))
 
 
-def image_ranges(model_path: Path, arrays: np.ndarray, op_types: Sequence[str], batch: int = 16,
+def image_ranges(model_path: Path, arrays: np.ndarray, op_types: Sequence[str], batch: int = 2,
                  outputs: bool = False) -> ImageRanges:
     """One fp32 pass over the calibration images, with a per-image ReduceMin/ReduceMax on each calibrated tensor.
-    outputs: the model's first output (the logits) from the same pass, instead of a second fp32 pass."""
+    outputs: the model's first output (the logits) from the same pass, instead of a second fp32 pass. Small batches:
+    the reductions read every activation again, which is cheap only while it is still in the cache."""
     import onnx
     from onnx import helper
 
