@@ -166,10 +166,8 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     async def model_ready(name: str, version: Optional[str] = None):
         return Response(status_code=200 if model(name).batcher.workers else 503)
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: Optional[str] = None):
-        s = model(name)
+    async def infer(request: Request):
+        s = model(request.path_params["name"])
         body = await request.body()
 
         async def work():
@@ -181,6 +179,10 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             logits = await run_rows(s, x)
             return v2_response(s, header, logits)
         return await answer(s, "v2_infer", work)
+
+    # the hot path as plain Starlette routes: FastAPI's parameter solving would cost more than the rest of a request
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        app.add_route(path, infer, methods=["POST"])
 
     async def v2_input(s: Served, tensors: list[Tensor]) -> np.ndarray:
         if len(tensors) != 1:
