@@ -112,6 +112,9 @@ def test_per_image_ranges_and_their_aggregates(tmp_path):
     assert hi["robust"] < hi["minmax"] / 10 and hi["robust"] < hi["mean_minmax"]
     typical = np.delete(per_image, 5, axis=0).max(1)
     assert typical.min() <= hi["robust"] <= typical.max()
+    # per image means per image: the batch the pass runs in (an odd one, leaving a short last batch) changes nothing
+    other = image_ranges(tmp_path / "fp32.onnx", x, OPS, batch=7, outputs=True)
+    assert np.array_equal(other.mins, s.mins) and np.array_equal(other.maxs, s.maxs) and other.outputs.shape[0] == 20
 
 
 def test_calibration_outliers_names_the_image_that_dwarfs_the_others(tmp_path):
