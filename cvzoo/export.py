@@ -5,9 +5,10 @@ import hashlib
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import numpy as np
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # torch and timm are imported where a model is made: a cached
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 FP32_TOLERANCE = 1e-4  # max |logit difference| ORT vs torch, fp32
 DEFAULT_OPSET = 17
+# part of the export cache's key: raised when this module's graphs change, so that cached exports are made again
+GRAPH_REVISION = 2  # 2: timm's 'same' padding as constants
 
 
 @dataclass
@@ -60,11 +63,38 @@ def demo_batch(card: ModelCard, size: int) -> np.ndarray:
     return np.stack([preprocess_image(p, pre) for p in demo_images()])
 
 
+@contextmanager
+def _static_same_padding() -> Iterator[None]:
+    """timm's TF 'same' layers (Conv2dSame, MaxPool2dSame, ...) compute their padding from each input's size. An
+    export has one spatial size, so while it traces, the pads are taken as constants instead of shape arithmetic,
+    which onnxslim folded into wrong logits for tf_efficientnet_lite1/2 at their own sizes (240, 260) and which the
+    int8 ranges pass cannot read."""
+    import importlib
+
+    import torch.nn.functional as F
+    from timm.layers.padding import pad_same_arg
+
+    def pad_same(x, kernel_size, stride, dilation=(1, 1), value: float = 0.0):
+        size = [int(s) for s in x.shape[-2:]]  # ints, not traced values: constants in the graph
+        return F.pad(x, pad_same_arg(size, kernel_size, stride, dilation), value=value)
+
+    # the modules that call it (timm.layers' namespace has functions of the same names)
+    users = [importlib.import_module(f"timm.layers.{m}") for m in ("conv2d_same", "pool2d_same", "std_conv")]
+    saved = [m.pad_same for m in users]
+    for m in users:
+        m.pad_same = pad_same
+    try:
+        yield
+    finally:
+        for m, f in zip(users, saved):
+            m.pad_same = f
+
+
 def _onnx_export(model: torch.nn.Module, size: int, path: Path, opset: int, batch: Union[str, int]) -> None:
     import torch
     dummy = torch.zeros(1 if batch == "dynamic" else int(batch), 3, size, size)
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch == "dynamic" else None
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), _static_same_padding():
         warnings.simplefilter("ignore")
         # The TorchScript exporter: mature, fast, and its graphs quantize cleanly with ORT's tools.
         torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
@@ -218,7 +248,7 @@ def cached_export(card: ModelCard, weights: Optional[Path], size: int, opset: in
 
     from .artifact import default_cache, is_artifact
     key = json.dumps({"card": card.model_dump(mode="json"), "weights": sha256(weights) if weights else "random",
-                      "size": size, "opset": opset,
+                      "size": size, "opset": opset, "graph_revision": GRAPH_REVISION,
                       "versions": versions("cvzoo", "torch", "timm", "onnx", "onnxruntime", "onnxslim")},
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -38,6 +38,17 @@ def test_export_parity_every_zoo_model(name, tmp_path):
     assert art.manifest.io.inputs[0].shape[0] == "batch"
 
 
+@pytest.mark.zoo
+def test_tf_same_padding_is_constant_in_the_graph(tmp_path):
+    """timm's TF 'same' padding depends on the input size; at 240 px (tf_efficientnet_lite1's card) onnxslim folded
+    its shape arithmetic into wrong logits, so the unsimplified graph shipped with 15 Shape nodes and 645 nodes in all.
+    The pads are constants in the export."""
+    exported = export("tf_efficientnet_lite1", out=tmp_path / "a", size=240)
+    ops = [n.op_type for n in onnx.load(str(exported.model_path)).graph.node]
+    assert exported.manifest.export.simplified and exported.manifest.export.verification.passed
+    assert "Shape" not in ops and "Pad" not in ops and ops.count("Conv") == 64
+
+
 def test_artifact_is_self_describing(tmp_path):
     out = export("dla46_c", out=tmp_path / "a", batch=4, opset=13).folder
     m = json.loads((out / "manifest.json").read_text())

@@ -191,19 +191,21 @@ def test_bias_correction_removes_a_planted_mean_shift(tmp_path):
     assert mean_err[1] < mean_err[0] / 10, mean_err
 
 
-def _relu6_net(path):
+def _relu6_net(path, constant_nodes: bool = False):
     """x -> conv (pre-activation values up to ~+-60) -> Clip(0, 6) -> conv -> gemm: the ReLU6 of MobileNets. Every
     weight of the first conv is +-6.4, exact in any symmetric int8 (its scale is 6.4 / qmax, 8 or 7 bits alike): the
-    error measured is the activations'."""
+    error measured is the activations'. constant_nodes: Clip's bounds from Constant nodes, not initializers (as
+    PyTorch exports some graphs)."""
     from onnx import helper, numpy_helper
     rng = np.random.default_rng(3)
+    bounds = [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
     inits = [numpy_helper.from_array(np.sign(rng.standard_normal((4, 4, 3, 3))).astype(np.float32) * 6.4, "w1"),
              numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32) / 4, "w2"),
-             numpy_helper.from_array(np.zeros(4, np.float32), "b"), numpy_helper.from_array(np.float32(0), "lo"),
-             numpy_helper.from_array(np.float32(6), "hi"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b"), *([] if constant_nodes else bounds),
              numpy_helper.from_array(rng.standard_normal((3, 256)).astype(np.float32), "wf"),
              numpy_helper.from_array(np.zeros(3, np.float32), "bf")]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+    constants = [helper.make_node("Constant", [], [b.name], value=b) for b in bounds] if constant_nodes else []
+    nodes = [*constants, helper.make_node("Conv", ["x", "w1", "b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="relu6"),
              helper.make_node("Conv", ["a1", "w2", "b"], ["c2"], name="conv2"),
              helper.make_node("Flatten", ["c2"], ["f"], name="flat"),  # no pooling to average the rounding away
@@ -230,6 +232,19 @@ def test_a_conv_output_q_takes_its_relu6_range(tmp_path):
         err[fused] = _rel_err(ref, run_logits(dst, x[32:]))
     assert clips == {True: 0, False: 1}
     assert err[True] < err[False] / 2, err
+
+
+def test_constant_nodes_are_not_calibrated_as_activations(tmp_path):
+    """A Clip's bounds from Constant nodes are scalars, not activations: the ranges pass reads the same tensors as
+    with initializers (before, it tried to flatten them per image and ONNX Runtime refused the graph)."""
+    from cvzoo.quantize.forms import calibrated_ops
+    x = np.random.default_rng(4).standard_normal((4, 4, 8, 8)).astype(np.float32)
+    ranges = {}
+    for constant_nodes in (False, True):
+        _relu6_net(tmp_path / f"{constant_nodes}.onnx", constant_nodes)
+        ranges[constant_nodes] = image_ranges(tmp_path / f"{constant_nodes}.onnx", x, calibrated_ops(OPS))
+    assert ranges[True].tensors == ranges[False].tensors == ["x", "c1", "a1", "c2", "f", "logits"]
+    assert np.array_equal(ranges[True].maxs, ranges[False].maxs)
 
 
 @pytest.mark.parametrize("engine, form, int8", [

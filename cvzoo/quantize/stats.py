@@ -14,12 +14,14 @@ OUTLIER_RATIO = 4.0  # an image whose activations reach this many times the medi
 
 
 def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
-    """Float inputs and outputs of the nodes to quantize, weights excluded (ONNX Runtime's own selection rule)."""
+    """Float inputs and outputs of the nodes to quantize, constants excluded (ONNX Runtime's own selection rule)."""
     from onnx import TensorProto, shape_inference
     model = shape_inference.infer_shapes(model)  # value_info for every tensor: which ones are float
     floats = {v.name for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
               if v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
-    weights = {i.name for i in model.graph.initializer}
+    # weights, and Constant nodes' outputs (e.g. a Clip's bounds): constants, not activations
+    weights = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                           for o in n.output}
     out: list[str] = []
     for node in model.graph.node:
         if not op_types or node.op_type in op_types:
