@@ -553,6 +553,22 @@ def test_held_out_photos_far_beyond_the_calibrated_ranges_are_reported_apart_not
     r = _search(tmp_path, x, cfg, said.append, labelled=False)
     assert r.beyond_ranges == [] and r.fidelity.images == 200 and r.fidelity.beyond_ranges == 0 and not r.passed
     assert any("every image is judged: more than 5%" in line for line in said)
+    assert not any(line.startswith("warning: guard on") for line in said)  # 200 images resolve a 2-point target
+
+
+def test_a_held_out_set_too_small_for_its_target_is_said(tmp_path):
+    """With 20 held-out images one image is 5 points: the guard cannot hold a 1-point target and the build says so
+    (with 200 and a 2-point target it does not: test_search_recovers_with_equalization_before_excluding_nodes)."""
+    from cvzoo.quantize import quantize_int8
+    x = np.random.default_rng(13).standard_normal((60, 4, 8, 8)).astype(np.float32)
+    _conv_chain(tmp_path / "fp32.onnx", 1.0)
+    cfg = _cfg(tmp_path)
+    cfg.quantize.format = "qdq"
+    said = []
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path, x[:40], [tmp_path / f"{i}.jpg" for i in range(40)], x[40:], None,
+                  cfg, "onnxruntime", said.append)
+    warned = [m for m in said if m.startswith("warning: guard on 20 held-out images")]
+    assert len(warned) == 1 and "one image is 5.00 points" in warned[0] and "100 held-out images resolve" in warned[0]
 
 
 def test_search_that_cannot_meet_its_target_says_so(tmp_path):

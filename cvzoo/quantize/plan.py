@@ -120,6 +120,12 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
 
     from ..calibration import ArrayReader
     q, g = cfg.quantize, cfg.guard
+    one_image = 100.0 / max(len(held), 1)
+    if g.enabled and one_image > g.max_top1_drop + 1e-9:
+        say(f"warning: guard on {len(held)} held-out images: one image is {one_image:.2f} points of top-1, coarser "
+            f"than the {g.max_top1_drop:g}-point target, so that is the finest drop it can hold; "
+            f"{int(np.ceil(100.0 / g.max_top1_drop - 1e-9)) if g.max_top1_drop > 0 else 'more'} held-out images "
+            "resolve the target (--holdout, or a larger calibration folder)")
     prepped = work / "fp32-prepped.onnx"
     quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)  # BN folding, shape inference
     model = onnx.load(str(prepped))
