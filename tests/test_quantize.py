@@ -393,6 +393,16 @@ def test_one_flipped_image_does_not_fail_the_guard():
     assert not measure_fidelity(ref, many).passes(1.0)
 
 
+def test_no_flip_among_few_images_is_not_a_zero_width_interval():
+    """15 held-out images, none flipped: the drop is 0 but the interval is the rule of three's (3 / 15 = 20 points),
+    not +0.00..+0.00; the expected drop cannot be below 0, the measured one can."""
+    from cvzoo.quantize.guard import measure_fidelity
+    ref = _logits(15)
+    f = measure_fidelity(ref, ref + 0.01, ref.argmax(1))
+    assert f.expected_drop == 0 and f.top1_drop == 0
+    assert f.expected_ci95 == pytest.approx((0.0, 20.0)) and f.drop_ci95 == pytest.approx((-20.0, 20.0))
+
+
 def test_unlabelled_drop_weighs_a_flip_by_what_fp32_was_sure_of():
     from cvzoo.quantize.guard import measure_fidelity
     ref = np.zeros((100, 3), np.float32)

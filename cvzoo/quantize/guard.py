@@ -41,10 +41,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(TEMPERATURES[int(np.argmin(nll))])
 
 
-def _mean_ci(per_image: np.ndarray) -> tuple[float, tuple[float, float]]:
+def _mean_ci(per_image: np.ndarray, lowest: float) -> tuple[float, tuple[float, float]]:
+    """Mean (points) and its 95% interval, within what a per-image value can be (`lowest` .. 1). Where every image
+    gave the same value (no flip at all) the normal interval has no width; the rule of three bounds the rate of
+    flips that n images did not show by 3 / n."""
+    n = len(per_image)
     mean = 100.0 * float(per_image.mean())
-    half = 100.0 * Z95 * float(per_image.std(ddof=1)) / float(np.sqrt(len(per_image))) if len(per_image) > 1 else float("inf")
-    return mean, (mean - half, mean + half)
+    std = float(per_image.std(ddof=1)) if n > 1 else float("inf")
+    half = 100.0 * (Z95 * std / float(np.sqrt(n)) if std > 0 else 3.0 / n)
+    return mean, (max(mean - half, 100.0 * lowest), min(mean + half, 100.0))
 
 
 @dataclass
@@ -111,7 +116,7 @@ def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarr
     a, b = ref.argmax(1), got.argmax(1)
     t = temperature or (fit_temperature(ref[judged], labels[judged]) if labels is not None else 1.0)
     cost, kls = per_image(ref, got, t)
-    expected, expected_ci = _mean_ci(cost[judged])
+    expected, expected_ci = _mean_ci(cost[judged], 0.0)  # fp32's class is its most probable: a cost is >= 0
     kl = float(np.mean(kls[judged]))
     diff = np.abs(ref - got)[judged]
     f = Fidelity(images=int(judged.sum()), labelled=labels is not None, agreement=float((a == b)[judged].mean()),
@@ -120,6 +125,6 @@ def measure_fidelity(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarr
                  beyond_expected_drop=100.0 * float(cost[~judged].mean()) if (~judged).any() else None)
     if labels is not None:
         right, right8 = (a == labels)[judged], (b == labels)[judged]
-        f.top1_drop, f.drop_ci95 = _mean_ci(right.astype(float) - right8.astype(float))
+        f.top1_drop, f.drop_ci95 = _mean_ci(right.astype(float) - right8.astype(float), -1.0)
         f.top1_fp32, f.top1 = 100.0 * float(right.mean()), 100.0 * float(right8.mean())
     return f
