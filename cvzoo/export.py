@@ -66,9 +66,8 @@ def demo_batch(card: ModelCard, size: int) -> np.ndarray:
 @contextmanager
 def _static_same_padding() -> Iterator[None]:
     """timm's TF 'same' layers (Conv2dSame, MaxPool2dSame, ...) compute their padding from each input's size. An
-    export has one spatial size, so while it traces, the pads are taken as constants instead of shape arithmetic,
-    which onnxslim folded into wrong logits for tf_efficientnet_lite1/2 at their own sizes (240, 260) and which the
-    int8 ranges pass cannot read."""
+    export has one spatial size, so while it traces, the pads are taken as constants instead of shape arithmetic
+    (which onnxslim can fold into wrong logits, and which the int8 ranges pass cannot read)."""
     import importlib
 
     import torch.nn.functional as F

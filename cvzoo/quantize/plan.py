@@ -122,10 +122,10 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
     q, g = cfg.quantize, cfg.guard
     one_image = 100.0 / max(len(held), 1)
     if g.enabled and one_image > g.max_top1_drop + 1e-9:
+        enough = (f"{int(np.ceil(100.0 / g.max_top1_drop - 1e-9))} held-out images resolve the target (--holdout, "
+                  "or a larger calibration folder)" if g.max_top1_drop > 0 else "no number of images resolves a 0 target")
         say(f"warning: guard on {len(held)} held-out images: one image is {one_image:.2f} points of top-1, coarser "
-            f"than the {g.max_top1_drop:g}-point target, so that is the finest drop it can hold; "
-            f"{int(np.ceil(100.0 / g.max_top1_drop - 1e-9)) if g.max_top1_drop > 0 else 'more'} held-out images "
-            "resolve the target (--holdout, or a larger calibration folder)")
+            f"than the {g.max_top1_drop:g}-point target, so that is the finest drop it can hold; {enough}")
     prepped = work / "fp32-prepped.onnx"
     quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)  # BN folding, shape inference
     model = onnx.load(str(prepped))

@@ -14,7 +14,8 @@ OUTLIER_RATIO = 4.0  # an image whose activations reach this many times the medi
 
 
 def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
-    """Float inputs and outputs of the nodes to quantize, constants excluded (ONNX Runtime's own selection rule)."""
+    """Float inputs and outputs of the nodes to quantize, weights excluded (ONNX Runtime's own selection rule) and
+    other constants too."""
     from onnx import TensorProto, shape_inference
     model = shape_inference.infer_shapes(model)  # value_info for every tensor: which ones are float
     floats = {v.name for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
