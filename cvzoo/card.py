@@ -161,6 +161,16 @@ def list_models(family: Optional[str] = None) -> list[ModelCard]:
     return [c for c in _registry().values() if family is None or c.family == family]
 
 
+def networks() -> list[ModelCard]:
+    """One card per network: cards whose weights are a file (fixtures, other checkpoint sources) share the
+    architecture of a card that is listed."""
+    seen: dict[tuple, ModelCard] = {}
+    for c in list_models():
+        if c.weights is None or c.weights.file is None:
+            seen.setdefault((c.arch, repr(c.arch_kwargs)), c)
+    return list(seen.values())
+
+
 def families() -> list[str]:
     return sorted({c.family for c in _registry().values()})
 

@@ -6,18 +6,14 @@ import pytest
 
 from cvzoo import export as export_mod
 from cvzoo.artifact import Artifact
-from cvzoo.card import list_models
+from cvzoo.card import networks
 from cvzoo.errors import CvzooError
 from cvzoo.export import FP32_TOLERANCE, export
 
 BIG = {"efficientnetv2_rw_m", "efficientnetv2_rw_s", "dla169", "dla102x2", "dla102x", "dla102", "vovnet57",
        "cspdarknet53", "ese_vovnet39b"}
 # one card per network: the mmcls / ppcls cards reuse their timm card's architecture (test_sources.py)
-_NETS = {}
-for _c in list_models():
-    if _c.weights is None or _c.weights.file is None:
-        _NETS.setdefault((_c.arch, repr(_c.arch_kwargs)), _c.name)
-ZOO = list(_NETS.values())
+ZOO = [c.name for c in networks()]
 
 
 @pytest.mark.zoo
