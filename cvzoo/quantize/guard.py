@@ -41,14 +41,22 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(TEMPERATURES[int(np.argmin(nll))])
 
 
+def one_image_points(images: int) -> float:
+    """What one image is worth in points of top-1 on `images` held-out images: the finest drop the guard can hold."""
+    return 100.0 / max(images, 1)
+
+
 def _mean_ci(per_image: np.ndarray, lowest: float) -> tuple[float, tuple[float, float]]:
     """Mean (points) and its 95% interval, within what a per-image value can be (`lowest` .. 1). Where every image
     gave the same value (no flip at all) the normal interval has no width; the rule of three bounds the rate of
     flips that n images did not show by 3 / n."""
     n = len(per_image)
     mean = 100.0 * float(per_image.mean())
-    std = float(per_image.std(ddof=1)) if n > 1 else float("inf")
-    half = 100.0 * (Z95 * std / float(np.sqrt(n)) if std > 0 else 3.0 / n)
+    if n < 2:
+        half = float("inf")
+    else:
+        std = float(per_image.std(ddof=1))
+        half = 100.0 * (Z95 * std / float(np.sqrt(n)) if std > 0 else 3.0 / n)
     return mean, (max(mean - half, 100.0 * lowest), min(mean + half, 100.0))
 
 
@@ -72,7 +80,7 @@ class Fidelity:
 
     def tolerance(self, max_top1_drop: float) -> float:
         """The target, but never finer than one image: one flipped photo cannot fail the guard by itself."""
-        return max(max_top1_drop, 100.0 / max(self.images, 1))
+        return max(max_top1_drop, one_image_points(self.images))
 
     def passes(self, max_top1_drop: float, min_agreement: Optional[float] = None) -> bool:
         tol = self.tolerance(max_top1_drop) + 1e-9

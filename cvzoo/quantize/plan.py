@@ -22,7 +22,7 @@ from ..machine import has_vnni, machine_info
 from ..runners import Runner, compiled_runner, in_batches, model_runner, time_runners
 from .forms import PER_IMAGE_MODES, Int8Form, calibrated_ops, candidates, quantize
 from .graph import classifier, input_conv_weights
-from .guard import Fidelity, fit_temperature, measure_fidelity
+from .guard import Fidelity, fit_temperature, measure_fidelity, one_image_points
 from .recovery import bias_correction, equalizable_pairs, equalize
 from .sensitivity import layer_sqnr, rank_sensitivity
 from .stats import OUTLIER_RATIO, ImageRanges, image_ranges, outlier_note
@@ -120,7 +120,7 @@ def quantize_int8(fp32: Path, work: Path, calib: np.ndarray, calib_files: Sequen
 
     from ..calibration import ArrayReader
     q, g = cfg.quantize, cfg.guard
-    one_image = 100.0 / max(len(held), 1)
+    one_image = one_image_points(len(held))
     if g.enabled and one_image > g.max_top1_drop + 1e-9:
         enough = (f"{int(np.ceil(100.0 / g.max_top1_drop - 1e-9))} held-out images resolve the target (--holdout, "
                   "or a larger calibration folder)" if g.max_top1_drop > 0 else "no number of images resolves a 0 target")

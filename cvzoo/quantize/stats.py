@@ -20,13 +20,13 @@ def tensors_to_calibrate(model, op_types: Sequence[str]) -> list[str]:
     model = shape_inference.infer_shapes(model)  # value_info for every tensor: which ones are float
     floats = {v.name for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
               if v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
-    # weights, and Constant nodes' outputs (e.g. a Clip's bounds): constants, not activations
-    weights = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
-                                                           for o in n.output}
+    # weights, and Constant nodes' outputs (e.g. a Clip's bounds): not activations
+    constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                             for o in n.output}
     out: list[str] = []
     for node in model.graph.node:
         if not op_types or node.op_type in op_types:
-            out += [t for t in [*node.input, *node.output] if t in floats and t not in weights and t not in out]
+            out += [t for t in [*node.input, *node.output] if t in floats and t not in constants and t not in out]
     return out
 
 
