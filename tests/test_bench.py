@@ -285,6 +285,7 @@ def test_bench_defaults_to_the_engine_an_artifact_was_built_for(tmp_path):
     assert proc.returncode == 2 and "use --engine openvino" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.xdist_group("inductor")  # with test_conv_tactics's inductor tests: one worker compiles C++
 def test_pixel_input_normalizes_like_the_host():
     """torch-cuda's uint8 path: (x/255 - mean)/std on the device equals preprocess.normalize, and the
     network sees channels-last memory without a copy. Runs on the CPU (the arithmetic is the same)."""
