@@ -22,7 +22,7 @@ MAKEFLAGS += -j2
 
 $(UV):
 	$(PY) -m venv $(UV_HOME)
-	-$(UV_HOME)/bin/pip install -q uv
+	-$(UV_HOME)/bin/pip install -q "uv>=0.5"
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)

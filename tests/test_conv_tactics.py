@@ -64,8 +64,8 @@ def test_rewrites_keep_the_function(order, expected):
         assert torch.allclose(gm(x), ref, atol=1e-5)
 
 
-# one worker compiles inductor's C++ for the session: a cold cache costs each process about 15 s for its first
-# kernel, which CI pays on every run
+# one worker compiles inductor's C++ for the session: from a cold cache (CI's, every run) each process's first kernel
+# is slow to compile
 @pytest.mark.xdist_group("inductor")
 @pytest.mark.parametrize("order", [("fused", "cudnn"), ("mm", "cudnn")])
 def test_inductor_runs_the_pass_after_freezing_folds_batchnorm(order):

@@ -2,11 +2,11 @@
 
     python3 tools/venv_install.py VENV [UV] -- PIP_INSTALL_ARGS...
 
-uv installs the same packages several times faster than pip (most of a clean clone's setup is pip unpacking and
-byte-compiling torch). It does not read pip's configuration, so the indexes, find-links, constraints and
-certificate pip would use (`pip config list`: environment, then install, then global) are passed on as uv's own
-options: both resolve from the same places to the same versions. Without uv, or if uv fails, pip does the install.
-Stdlib only: it runs before any venv has packages.
+uv installs the same packages several times faster than pip, whose one-file-at-a-time unpacking and
+byte-compiling of torch was most of a clean clone's setup. It does not read pip's configuration, so the indexes,
+find-links, constraints and certificate pip would use (`pip config list`: environment, then install, then global)
+are passed on as uv's own options: both resolve from the same places to the same versions. Without uv, or if uv
+fails, pip does the install. Stdlib only: it runs before any venv has packages.
 """
 import os
 import re
@@ -36,8 +36,8 @@ def uv_command(uv: str, venv: Path, args: list[str], config: dict[str, str]) -> 
     cmd = [uv, "pip", "install", "--python", str(venv / "bin" / "python"),
            # pip takes the best version across all its indexes; uv's default stops at the first index with the name
            "--index-strategy", "unsafe-best-match",
-           # as pip does: left to first import, each process that imports a module compiles it again until one has
-           # written its .pyc (a test session's workers and subprocesses: +90 s of CPU)
+           # as pip does: left to first import, every process that imports a module before one has written its .pyc
+           # compiles it again (a test session's workers and the subprocesses they start)
            "--compile-bytecode"]
     if "index-url" in config:
         cmd += ["--default-index", config["index-url"]]
