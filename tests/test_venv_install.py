@@ -46,8 +46,8 @@ def _probe_wheel(folder: Path) -> Path:
     files = {"cvzoo_install_probe.py": b"X = 1\n",
              f"{info}/METADATA": b"Metadata-Version: 2.1\nName: cvzoo-install-probe\nVersion: 0.1\n",
              f"{info}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
-                     for p, d in files.items()) + f"{info}/RECORD,,\n"
+    digest = lambda d: base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b"=").decode()
+    record = "".join(f"{p},sha256={digest(d)},{len(d)}\n" for p, d in files.items()) + f"{info}/RECORD,,\n"
     wheel = folder / "cvzoo_install_probe-0.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         for p, d in files.items():
