@@ -52,9 +52,9 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
     calib_files: list[Path] = []
     held_files: list[Path] = []
     if cfg.dtype == "int8":
-        calib_files, held_files = select_split(cfg.calibration)
+        calib_files, held_files = select_split(cfg.calibration, say)
     elif cfg.calibration and cfg.dtype in ("fp16", "bf16"):
-        calib_files = select_files(cfg.calibration)
+        calib_files = select_files(cfg.calibration, say=say)
     out = Path(cfg.workspace) / cfg.artifact_name(size)
     if out.exists() and not force:
         raise CvzooError(f"{out}: already exists (use --force to replace it)")

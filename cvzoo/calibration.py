@@ -4,11 +4,12 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from .artifact import sha256
 from .buildconfig import CalibrationConfig
 from .card import Preprocessing
 from .errors import CvzooError
@@ -18,7 +19,8 @@ DEFAULT_COUNT = 300  # calibration images (NNCF's default subset size)
 MIN_HOLDOUT, HOLDOUT_SHARE = 200, 0.2  # the guard's held-out images: this many, or this share of the folder
 
 
-def folder_files(cfg: CalibrationConfig) -> list[Path]:
+def folder_files(cfg: CalibrationConfig, say: Optional[Callable[[str], None]] = None) -> list[Path]:
+    """The folder's images in name order, each distinct content once."""
     root = Path(cfg.path)
     if not root.is_dir():
         raise CvzooError(f"{root}: calibration folder not found")
@@ -26,9 +28,34 @@ def folder_files(cfg: CalibrationConfig) -> list[Path]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
         raise CvzooError(f"{root}: calibration folder has no images with suffix {' '.join(sorted(suffixes))}")
+    copies = byte_identical_copies(files)
+    if copies:
+        copy, first = next(iter(copies.items()))
+        (say or print)(f"warning: {root}: {len(copies)} of {len(files)} calibration files are byte-identical copies "
+                       f"of others (e.g. {copy.relative_to(root)} = {first.relative_to(root)}); each image is used "
+                       f"once")
+        files = [f for f in files if f not in copies]
     if cfg.count is not None and cfg.count > len(files):
-        raise CvzooError(f"{root}: calibration count {cfg.count} is larger than the {len(files)} images there")
+        raise CvzooError(f"{root}: calibration count {cfg.count} is larger than the {len(files)} distinct images there")
     return files
+
+
+def byte_identical_copies(files: Sequence[Path]) -> dict[Path, Path]:
+    """copy -> the first file (in the given order) with the same bytes. A copy on both sides of the split would let
+    the guard judge images it calibrated on. Only files whose sizes collide are read."""
+    by_size: dict[int, list[Path]] = {}
+    for f in files:
+        by_size.setdefault(f.stat().st_size, []).append(f)
+    copies: dict[Path, Path] = {}
+    for same_size in (g for g in by_size.values() if len(g) > 1):
+        first: dict[str, Path] = {}
+        for f in same_size:
+            h = sha256(f)
+            if h in first:
+                copies[f] = first[h]
+            else:
+                first[h] = f
+    return dict(sorted(copies.items()))
 
 
 def split_sizes(cfg: CalibrationConfig, available: int) -> tuple[int, int]:
@@ -46,17 +73,19 @@ def split_sizes(cfg: CalibrationConfig, available: int) -> tuple[int, int]:
     return count, held
 
 
-def select_split(cfg: CalibrationConfig) -> tuple[list[Path], list[Path]]:
-    """Calibration and held-out files, seeded and class-balanced, disjoint."""
-    files = folder_files(cfg)
+def select_split(cfg: CalibrationConfig, say: Optional[Callable[[str], None]] = None
+                 ) -> tuple[list[Path], list[Path]]:
+    """Calibration and held-out files, seeded and class-balanced, disjoint (in content too)."""
+    files = folder_files(cfg, say)
     count, held = split_sizes(cfg, len(files))
     return split_holdout(select_files(cfg, count + held, files), held)
 
 
-def select_files(cfg: CalibrationConfig, count: Optional[int] = None, files: Optional[list[Path]] = None) -> list[Path]:
+def select_files(cfg: CalibrationConfig, count: Optional[int] = None, files: Optional[list[Path]] = None,
+                 say: Optional[Callable[[str], None]] = None) -> list[Path]:
     """`count` files, seeded; round-robin over class sub-folders when the folder has them, so every
     class is represented (what the seeds ask of a calibration set)."""
-    files = files if files is not None else folder_files(cfg)
+    files = files if files is not None else folder_files(cfg, say)
     count = count or cfg.count or min(DEFAULT_COUNT, len(files))
     rng = random.Random(cfg.seed)
     groups: dict[Path, list[Path]] = {}

@@ -299,8 +299,9 @@ def test_bad_calibration_folders(tmp_path):
     (tmp_path / "few").mkdir()
     from PIL import Image
     for i in range(3):
-        Image.new("RGB", (64, 64), (i, 0, 0)).save(tmp_path / "few" / f"{i}.jpg")
-    for folder, count, message in [("empty", 10, "has no images"), ("few", 10, "count 10 is larger than the 3 images")]:
+        Image.new("RGB", (64, 64), (60 * i, 0, 0)).save(tmp_path / "few" / f"{i}.jpg")  # 3 distinct JPEGs
+    for folder, count, message in [("empty", 10, "has no images"),
+                                   ("few", 10, "count 10 is larger than the 3 distinct images")]:
         cfg = parse_config(dict(model="dla46_c", dtype="int8", workspace=str(tmp_path / "ws"),
                                 calibration=dict(path=str(tmp_path / folder), count=count)))
         with pytest.raises(CvzooError, match=message):
