@@ -36,7 +36,8 @@ def folder_files(cfg: CalibrationConfig, say: Optional[Callable[[str], None]] = 
                        f"once")
         files = [f for f in files if f not in copies]
     if cfg.count is not None and cfg.count > len(files):
-        raise CvzooError(f"{root}: calibration count {cfg.count} is larger than the {len(files)} distinct images there")
+        raise CvzooError(f"{root}: calibration count {cfg.count} is larger than the {len(files)} distinct images "
+                         "there")
     return files
 
 
@@ -50,7 +51,10 @@ def byte_identical_copies(files: Sequence[Path]) -> dict[Path, Path]:
     for same_size in (g for g in by_size.values() if len(g) > 1):
         first: dict[str, Path] = {}
         for f in same_size:
-            h = sha256(f)
+            try:
+                h = sha256(f)
+            except OSError:  # unreadable: decoding says so, one line per file
+                continue
             if h in first:
                 copies[f] = first[h]
             else:
