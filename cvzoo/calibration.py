@@ -19,7 +19,7 @@ DEFAULT_COUNT = 300  # calibration images (NNCF's default subset size)
 MIN_HOLDOUT, HOLDOUT_SHARE = 200, 0.2  # the guard's held-out images: this many, or this share of the folder
 
 
-def folder_files(cfg: CalibrationConfig, say: Optional[Callable[[str], None]] = None) -> list[Path]:
+def folder_files(cfg: CalibrationConfig, say: Callable[[str], None] = print) -> list[Path]:
     """The folder's images in name order, each distinct content once."""
     root = Path(cfg.path)
     if not root.is_dir():
@@ -31,9 +31,8 @@ def folder_files(cfg: CalibrationConfig, say: Optional[Callable[[str], None]] = 
     copies = byte_identical_copies(files)
     if copies:
         copy, first = next(iter(copies.items()))
-        (say or print)(f"warning: {root}: {len(copies)} of {len(files)} calibration files are byte-identical copies "
-                       f"of others (e.g. {copy.relative_to(root)} = {first.relative_to(root)}); each image is used "
-                       f"once")
+        say(f"warning: {root}: {len(copies)} of {len(files)} calibration files are byte-identical copies of others "
+            f"(e.g. {copy.relative_to(root)} = {first.relative_to(root)}); each image is used once")
         files = [f for f in files if f not in copies]
     if cfg.count is not None and cfg.count > len(files):
         raise CvzooError(f"{root}: calibration count {cfg.count} is larger than the {len(files)} distinct images "
@@ -77,8 +76,7 @@ def split_sizes(cfg: CalibrationConfig, available: int) -> tuple[int, int]:
     return count, held
 
 
-def select_split(cfg: CalibrationConfig, say: Optional[Callable[[str], None]] = None
-                 ) -> tuple[list[Path], list[Path]]:
+def select_split(cfg: CalibrationConfig, say: Callable[[str], None] = print) -> tuple[list[Path], list[Path]]:
     """Calibration and held-out files, seeded and class-balanced, disjoint (in content too)."""
     files = folder_files(cfg, say)
     count, held = split_sizes(cfg, len(files))
@@ -86,7 +84,7 @@ def select_split(cfg: CalibrationConfig, say: Optional[Callable[[str], None]] = 
 
 
 def select_files(cfg: CalibrationConfig, count: Optional[int] = None, files: Optional[list[Path]] = None,
-                 say: Optional[Callable[[str], None]] = None) -> list[Path]:
+                 say: Callable[[str], None] = print) -> list[Path]:
     """`count` files, seeded; round-robin over class sub-folders when the folder has them, so every
     class is represented (what the seeds ask of a calibration set)."""
     files = files if files is not None else folder_files(cfg, say)
