@@ -25,8 +25,8 @@ from cvzoo.quantize.forms import Int8Form, calibrated_ops, quantize
 from cvzoo.quantize.graph import classifier
 from cvzoo.quantize.stats import image_ranges, write_ort_cache
 from cvzoo.runners import compiled_runner, in_batches, model_runner, time_runners
+from shared_data import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 OPS = ["Conv", "Gemm", "MatMul"]
 # model -> the labelled folder it is evaluated on (calibration: ImageNet photos, the build's generic default)
 MODELS = {"tf_efficientnet_lite0": "imagenet-sample", "dla34-imagenette": "imagenette-val",

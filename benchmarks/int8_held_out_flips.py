@@ -28,8 +28,8 @@ from cvzoo.quantize.forms import calibrated_ops
 from cvzoo.quantize.guard import per_image, softmax
 from cvzoo.quantize.stats import image_ranges
 from cvzoo.runners import run_logits
+from shared_data import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ from cvzoo.postprocess import write_text_atomic
 from cvzoo.quantize.forms import Int8Form, quantize
 from cvzoo.quantize.graph import classifier
 from cvzoo.quantize.stats import image_ranges, write_ort_cache
+from shared_data import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RUN = """import sys, numpy as np, onnxruntime as ort
 o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.log_severity_level = 3
 s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"]); x = np.load(sys.argv[2])

@@ -34,8 +34,8 @@ from cvzoo.errors import TargetMissed
 from cvzoo.machine import machine_info
 from cvzoo.postprocess import write_text_atomic
 from cvzoo.runners import in_batches, int8_layers, model_runner, time_rounds
+from shared_data import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = ["dla34-imagenette", "cspresnet50-imagenette", "ese_vovnet19b_dw-imagenette", "efficientnetv2_rw_t-imagenette"]
 TARGET = {"efficientnetv2_rw_t-imagenette": 1.0}  # other fixtures: 0.3; real ImageNet weights: 0.5 (lite0's bar)
 

@@ -31,9 +31,9 @@ from cvzoo.quantize.graph import classifier
 from cvzoo.quantize.guard import measure_fidelity
 from cvzoo.quantize.stats import image_ranges, write_ort_cache
 from cvzoo.runners import compiled_runner, in_batches, run_logits
+from shared_data import SHARED
 
 OPS = ["Conv", "Gemm", "MatMul"]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from serve_bodies import jpeg_body, tensor_body  # this folder is on sys.path when the script runs
+from shared_data import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HERE = Path(__file__).resolve().parent
 
 

@@ -22,8 +22,8 @@ from cvzoo.engines import installed_cpu_engines
 from cvzoo.export import cached_export
 from cvzoo.machine import machine_info
 from cvzoo.postprocess import write_text_atomic
+from shared_data import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def one(name: str, engines: list[str], calib: Path, count: int, ws: Path) -> dict:
