@@ -188,6 +188,28 @@ def test_openvino_engine_runs_fp32_and_matches_ort(artifacts):
     assert np.abs(a - b).max() < 1e-3 and (a.argmax(1) == b.argmax(1)).all()
 
 
+def test_openvino_runs_batch_1_on_a_static_shape_with_the_same_logits(artifacts):
+    """OpenVINO pays a fixed cost per inference on a dynamic shape: batch 1 runs on a model compiled for [1, 3, S, S],
+    with the dynamic model's logits; other batches run on the dynamic model. A wrong size is one clear error (with one
+    thread, OpenVINO's dynamic model answered it with zero rows)."""
+    pytest.importorskip("openvino")
+    import numpy as np
+    from cvzoo.engines import load_engine
+    eng = load_engine(artifacts("tf_efficientnet_lite0"), "openvino")
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    got = eng.run(x)
+    assert list(eng.single.get_compiled_model().input(0).get_shape()) == [1, 3, 224, 224]
+    assert np.array_equal(got, eng.request.infer({0: x})[0])
+    single = eng.single
+    pair = eng.run(np.concatenate([x, -x]))
+    assert eng.single is single and np.abs(pair[:1] - got).max() < 1e-4
+    from cvzoo.errors import CvzooError
+    for threads in (1, 2):
+        with pytest.raises(CvzooError, match=r"model.onnx: input of shape \[1, 3, 200, 200\] does not fit"):
+            load_engine(artifacts("tf_efficientnet_lite0"), "openvino", threads=threads).run(
+                np.zeros((1, 3, 200, 200), dtype=np.float32))
+
+
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU (none on CI)")
 @pytest.mark.parametrize("name, weights", [("ese_vovnet19b_dw-imagenette", "default"), ("dla46_c", None)])
 def test_torch_cuda_engine_matches_ort(name, weights, artifacts):

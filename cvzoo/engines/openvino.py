@@ -12,6 +12,7 @@ from . import RuntimeSpec
 
 
 class OpenVinoEngine:
+    """One inference at a time (its infer requests are not shared between threads)."""
     name = "openvino"
 
     def __init__(self, spec: RuntimeSpec, threads: Optional[int] = None, hint: str = "LATENCY"):
@@ -22,27 +23,44 @@ class OpenVinoEngine:
         # or AVX512-BF16; an f16 request on a CPU with only bf16 (Zen 4) computes bf16, on one with neither f32;
         # `inference_precision` says what it computes)
         requested = spec.inference_precision or "f32"
-        core = ov.Core()
-        try:
-            model = core.read_model(str(spec.model_path))
-            # OpenVINO pins its threads to cores; instances that share the machine (fewer threads than
-            # cores each) would all be pinned to the same first cores, so they float instead
-            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads,
-                                                              "PERFORMANCE_HINT": hint,
-                                                              "INFERENCE_PRECISION_HINT": requested,
-                                                              "ENABLE_CPU_PINNING": self.threads >= physical_cores()})
-        except Exception as e:
-            raise CvzooError(f"{spec.model_path}: OpenVINO cannot compile it: {str(e).splitlines()[0]}") from None
+        self.core, self.path = ov.Core(), spec.model_path
+        # OpenVINO pins its threads to cores; instances that share the machine (fewer threads than
+        # cores each) would all be pinned to the same first cores, so they float instead
+        self.config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": hint,
+                       "INFERENCE_PRECISION_HINT": requested, "ENABLE_CPU_PINNING": self.threads >= physical_cores()}
+        self.compiled = self._compile(None)
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # f32/f16/bf16
         self.request = self.compiled.create_infer_request()
+        # batch 1 runs on a model compiled for that shape (on its first use): OpenVINO's CPU plugin pays a fixed cost
+        # per inference on a dynamic shape, a visible part of a small model's batch-1 latency; larger batches hide it
+        self.single: Optional[ov.InferRequest] = None
+        shape = self.input_shape = self.compiled.input(0).get_partial_shape()
+        self.single_shape = ([1] + [d.get_length() for d in shape[1:]]
+                             if shape[0].is_dynamic and all(d.is_static for d in shape[1:]) else None)
+
+    def _compile(self, shape: Optional[list[int]]) -> ov.CompiledModel:
+        try:
+            model = self.core.read_model(str(self.path))
+            if shape is not None:
+                model.reshape(shape)
+            return self.core.compile_model(model, "CPU", self.config)
+        except Exception as e:
+            raise CvzooError(f"{self.path}: OpenVINO cannot compile it: {str(e).splitlines()[0]}") from None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.asarray(self.request.get_output_tensor(0).data, dtype=np.float32).copy()
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self.input_shape.compatible(ov.PartialShape(list(x.shape))):  # a 1-thread engine returns 0 rows
+            raise CvzooError(f"{self.path}: input of shape {list(x.shape)} does not fit the model's {self.input_shape}")
+        request = self.request
+        if list(x.shape) == self.single_shape:
+            if self.single is None:
+                self.single = self._compile(self.single_shape).create_infer_request()
+            request = self.single
+        request.infer({0: x})
+        return np.asarray(request.get_output_tensor(0).data, dtype=np.float32).copy()
 
     def close(self) -> None:
-        self.request = None
-        self.compiled = None
+        self.request = self.single = self.compiled = None
 
 
 def load(spec: RuntimeSpec, threads: Optional[int] = None, **options) -> OpenVinoEngine:
