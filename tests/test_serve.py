@@ -253,6 +253,16 @@ def test_an_engine_error_fails_its_batch_only_and_is_counted(artifacts):
         t.join(timeout=30)
 
 
+def test_engines_are_warmed_at_load(artifacts):
+    """The first request does not pay an engine's first-run cost (OpenVINO compiles its batch-1 model then): every
+    instance runs one batch when the model is loaded."""
+    pytest.importorskip("openvino")
+    from cvzoo.serve import load_models
+    [served] = load_models([artifacts(LITE0)], engine="openvino", instances=2)
+    engines = served.batcher.engines
+    assert len(engines) == 2 and all(e.single is not None for e in engines)
+
+
 def test_a_modified_artifact_is_refused_at_start_up(artifacts, tmp_path):
     import shutil
     copy = tmp_path / "art"

@@ -33,6 +33,7 @@ def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None
                 threads: Optional[int] = None, max_batch: int = 8, max_delay_ms: float = 2.0,
                 verify_hashes: bool = True, random_init: bool = False) -> list[Served]:
     """Each of `resolve(models)` with `instances` engine instances behind one batcher."""
+    from ..bench import synthetic_batch
     from ..engines import load_engine
     from ..machine import physical_cores
     _check(instances, max_batch, max_delay_ms)
@@ -45,6 +46,8 @@ def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None
         if any(s.name == name for s in served):
             raise CvzooError(f"{art.folder}: a second {name}; serve one artifact per model and precision")
         engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
+        for e in engines:  # warm-up at load, not on the first request (OpenVINO compiles its batch-1 model then)
+            e.run(synthetic_batch(e, 1, art.preprocessing.input_size, seed=0)[0])
         served.append(Served(name, art, Batcher(engines, max_batch, max_delay_ms)))
     return served
 
