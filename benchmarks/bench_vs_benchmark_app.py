@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cvzoo.artifact import Artifact
+from cvzoo.artifact import Artifact, versions
 from cvzoo.bench import bench
 from cvzoo.build import build
 from cvzoo.buildconfig import parse_config
@@ -40,7 +42,7 @@ SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "cspresnet50", "efficientnetv2_rw_t"
 SETTINGS = [("latency", 1), ("latency", 8), ("throughput", 1)]
 
 
-def cvzoo_point(art: Path, hint: str, batch: int, seconds: float) -> dict:
+def cvzoo_point(art: Path, hint: str, batch: int, seconds: int) -> dict:
     cores = physical_cores()
     instances, threads = (cores, 1) if hint == "throughput" else (1, cores)
     r = bench(art, engine="openvino", batches=(batch,), instances=instances, threads=threads, warmup=1.0,
@@ -49,11 +51,11 @@ def cvzoo_point(art: Path, hint: str, batch: int, seconds: float) -> dict:
             "computes": r["inference_precision"], "instances": instances, "threads_per_instance": threads}
 
 
-def benchmark_app_point(tool: str, art: Path, hint: str, batch: int, seconds: float, precision: str | None) -> dict:
+def benchmark_app_point(tool: str, art: Path, hint: str, batch: int, seconds: int, precision: str | None) -> dict:
     size = Artifact.load(art, verify_hashes=False).preprocessing.input_size
     with tempfile.TemporaryDirectory() as report:
         cmd = [tool, "-m", str(art / "model.onnx"), "-d", "CPU", "-hint", hint, "-shape", f"[{batch},3,{size},{size}]",
-               "-t", f"{seconds:g}", "-json_stats", "True", "-report_type", "no_counters", "-report_folder", report]
+               "-t", str(seconds), "-json_stats", "True", "-report_type", "no_counters", "-report_folder", report]
         if precision:
             cmd += ["-infer_precision", precision]
         run = subprocess.run(cmd, capture_output=True, text=True)
@@ -75,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(SEED_MODELS))
     ap.add_argument("--calib", default=str(SHARED / "imagenet-sample"))
-    ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    ap.add_argument("--seconds", type=int, default=4, help="per measurement (whole seconds: benchmark_app's -t)")
     ap.add_argument("--rounds", type=int, default=3, help="turns each tool takes per point")
     ap.add_argument("--out", default="benchmarks/results/bench_vs_benchmark_app.json")
     ap.add_argument("--table", help="print the Markdown table of an earlier run's JSON, run nothing")
@@ -83,7 +85,8 @@ def main() -> None:
     if args.table:
         print(markdown(json.loads(Path(args.table).read_text())["rows"]))
         return
-    tool = shutil.which("benchmark_app")
+    # the venv's own first (run as .venv/bin/python, its bin/ need not be on PATH)
+    tool = shutil.which("benchmark_app", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     if not tool:
         raise SystemExit("benchmark_app not found: it comes with `pip install openvino` (cvzoo[openvino])")
     rows, t0 = [], time.time()
@@ -111,7 +114,8 @@ def main() -> None:
                         row["benchmark_app_defaults_vs_cvzoo_ips"] = median_ratio(defaults, ours, "throughput_ips")
                     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
                     rows.append(row)
-    report = {"machine": machine_info(), "seconds_per_measurement": args.seconds, "rounds": args.rounds,
+    report = {"machine": machine_info(), "versions": versions("cvzoo", "openvino"),
+              "seconds_per_measurement": args.seconds, "rounds": args.rounds,
               "minutes": round((time.time() - t0) / 60, 1), "rows": rows}
     write_text_atomic(Path(args.out), json.dumps(report, indent=2))
     print(markdown(rows))
