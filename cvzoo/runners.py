@@ -56,7 +56,8 @@ def time_rounds(runners: dict[str, Runner], shape: tuple[int, ...], rounds: int 
     """Seconds per run of each runner in each round (the runners take turns within a round): a ratio of two runners
     taken round by round cancels the machine's slow drifts, which on a shared 2-core machine reach 25%."""
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    for run in runners.values():
+    for run in runners.values():  # twice: an engine may prepare on its second run (OpenVINO's batch-1 model)
+        run(x)
         run(x)
     per_run: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):

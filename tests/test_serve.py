@@ -254,8 +254,8 @@ def test_an_engine_error_fails_its_batch_only_and_is_counted(artifacts):
 
 
 def test_engines_are_warmed_at_load(artifacts):
-    """The first request does not pay an engine's first-run cost (OpenVINO compiles its batch-1 model then): every
-    instance runs one batch when the model is loaded."""
+    """The first requests do not pay an engine's first-run costs (OpenVINO compiles its batch-1 model then): every
+    instance runs two batches when the model is loaded."""
     pytest.importorskip("openvino")
     from cvzoo.serve import load_models
     [served] = load_models([artifacts(LITE0)], engine="openvino", instances=2)

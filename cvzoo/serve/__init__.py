@@ -46,8 +46,10 @@ def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None
         if any(s.name == name for s in served):
             raise CvzooError(f"{art.folder}: a second {name}; serve one artifact per model and precision")
         engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
-        for e in engines:  # warm-up at load, not on the first request (OpenVINO compiles its batch-1 model then)
-            e.run(synthetic_batch(e, 1, art.preprocessing.input_size, seed=0)[0])
+        for e in engines:  # warm-up at load, not on the first requests (OpenVINO compiles its batch-1 model then)
+            x = synthetic_batch(e, 1, art.preprocessing.input_size, seed=0)[0]
+            e.run(x)
+            e.run(x)
         served.append(Served(name, art, Batcher(engines, max_batch, max_delay_ms)))
     return served
 
