@@ -51,8 +51,8 @@ def cvzoo_point(art: Path, hint: str, batch: int, seconds: int) -> dict:
             "computes": r["inference_precision"], "instances": instances, "threads_per_instance": threads}
 
 
-def benchmark_app_point(tool: str, art: Path, hint: str, batch: int, seconds: int, precision: str | None) -> dict:
-    size = Artifact.load(art, verify_hashes=False).preprocessing.input_size
+def benchmark_app_point(tool: str, art: Path, size: int, hint: str, batch: int, seconds: int,
+                        precision: str | None) -> dict:
     with tempfile.TemporaryDirectory() as report:
         cmd = [tool, "-m", str(art / "model.onnx"), "-d", "CPU", "-hint", hint, "-shape", f"[{batch},3,{size},{size}]",
                "-t", str(seconds), "-json_stats", "True", "-report_type", "no_counters", "-report_folder", report]
@@ -97,14 +97,16 @@ def main() -> None:
                                                 "guard": {"enabled": False},
                                                 "calibration": {"path": args.calib, "count": 40}}), say=lambda m: None)}
             for tag, art in arts.items():
+                size = Artifact.load(art).preprocessing.input_size
                 for hint, batch in SETTINGS:
                     ours, theirs, defaults = [], [], []
                     for _ in range(args.rounds):
                         ours.append(cvzoo_point(art, hint, batch, args.seconds))
-                        theirs.append(benchmark_app_point(tool, art, hint, batch, args.seconds, ours[-1]["computes"]))
+                        theirs.append(benchmark_app_point(tool, art, size, hint, batch, args.seconds,
+                                                          ours[-1]["computes"]))
                         if tag == "fp32":
-                            defaults.append(benchmark_app_point(tool, art, hint, batch, args.seconds, None))
-                    row = {"model": name, "input_size": Artifact.load(art).preprocessing.input_size,
+                            defaults.append(benchmark_app_point(tool, art, size, hint, batch, args.seconds, None))
+                    row = {"model": name, "input_size": size,
                            "precision": tag, "hint": hint, "batch": batch,
                            "cvzoo": ours, "benchmark_app": theirs,
                            "cvzoo_vs_benchmark_app_ips": median_ratio(ours, theirs, "throughput_ips"),
