@@ -1,0 +1,123 @@
+"""The server's own CPU per request: `cvzoo serve`'s app with an engine that answers zeros at once, under uvicorn's
+HTTP implementations (httptools + uvloop, which `cvzoo[serve]` installs, and the pure-Python h11 + asyncio that
+uvicorn falls back to without them), loaded by wrk with one preprocessed FP32 tensor per request (KServe v2 binary).
+
+    python benchmarks/serve_overhead.py --out benchmarks/results/serve_overhead.json [--model NAME_OR_ARTIFACT]
+
+The server runs pinned to one core and wrk to another (on a 1-core machine both share it); the server's CPU is read
+from /proc over each measured run. The implementations take turns, so the per-round ratio cancels the machine's
+drifts. Needs Debian's `wrk`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from serve_bodies import tensor_body  # this folder is on sys.path when the script runs
+from serve_throughput import port, wrk
+
+IMPLEMENTATIONS = {"httptools": "uvloop", "h11": "asyncio"}  # uvicorn's http= and the loop= it pairs with
+
+
+def serve_zeros(model: str, http: str, p: int) -> None:
+    """The child: the real app and batcher, an engine that returns zeros."""
+    import numpy as np
+    import uvicorn
+
+    from cvzoo.serve import Served, create_app, resolve
+    from cvzoo.serve.batcher import Batcher
+
+    class Zeros:
+        def run(self, x: np.ndarray) -> np.ndarray:
+            return np.zeros((len(x), 1000), np.float32)
+
+    art = resolve([model], random_init=True)[0]
+    app = create_app([Served("m", art, Batcher([Zeros()], 8, 2.0))])
+    uvicorn.run(app, host="127.0.0.1", port=p, log_level="warning", http=http, loop=IMPLEMENTATIONS[http])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_round(args, http: str, size: int, cores: list[int], tmp: Path) -> dict:
+    import httpx
+    p = port()
+    server = subprocess.Popen([sys.executable, __file__, "--child", http, "--model", args.model, "--port", str(p)],
+                              preexec_fn=lambda: os.sched_setaffinity(0, cores[:1]))
+    url = f"http://127.0.0.1:{p}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            if server.poll() is not None:
+                raise RuntimeError(f"server ({http}) exited with {server.returncode}")
+        body = [tensor_body(size)]
+        wrk(url, "m", body, args.connections, args.warmup, tmp, f"{http}-warm")
+        before = cpu_seconds(server.pid)
+        r = wrk(url, "m", body, args.connections, args.seconds, tmp, http)
+        cpu = cpu_seconds(server.pid) - before
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {**r, "server_cpu_s": round(cpu, 2), "server_cpu_ms_per_request": round(1000 * cpu / r["requests"], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="ese_vovnet19b_dw",
+                    help="an artifact or zoo name (random init is fine: only its manifest is served)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--child", choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        serve_zeros(args.model, args.child, args.port)
+        return
+
+    from cvzoo import __version__
+    from cvzoo.artifact import versions
+    from cvzoo.serve import resolve
+    size = resolve([args.model], random_init=True)[0].preprocessing.input_size
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:  # wrk (a child of this process) on the second core, the server on the first
+        os.sched_setaffinity(0, cores[1:2])
+    rounds: dict[str, list[dict]] = {h: [] for h in IMPLEMENTATIONS}
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(args.rounds):
+            for http in IMPLEMENTATIONS:
+                r = one_round(args, http, size, cores, Path(d))
+                rounds[http].append(r)
+                print(f"round {i + 1} {http:9s} {r['requests_per_s']:8.1f} req/s  "
+                      f"{r['server_cpu_ms_per_request']:.3f} ms of server CPU per request  p50 {r['p50_ms']} ms")
+    per_round = [h11["server_cpu_ms_per_request"] / ht["server_cpu_ms_per_request"]
+                 for h11, ht in zip(rounds["h11"], rounds["httptools"])]
+    report = {"model": args.model, "input_size": size, "connections": args.connections, "seconds": args.seconds,
+              "pinned": len(cores) > 1, "cvzoo": __version__, "versions": versions("uvicorn", "starlette", "fastapi",
+                                                                                   "httptools", "uvloop", "h11"),
+              "rounds": rounds,
+              "median_cpu_ms_per_request": {h: round(statistics.median(r["server_cpu_ms_per_request"] for r in rs), 3)
+                                            for h, rs in rounds.items()},
+              "h11_over_httptools_per_round": [round(x, 2) for x in per_round]}
+    print(json.dumps({k: report[k] for k in ("median_cpu_ms_per_request", "h11_over_httptools_per_round")}))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
