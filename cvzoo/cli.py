@@ -25,6 +25,12 @@ FORMATS = ("table", "plain", "csv", "json")
 STATUS_STYLES = {"error": "red", "warning": "yellow", "skipped": "yellow"}
 
 
+def heading(title: str) -> None:
+    """A rule across the terminal, or 100 columns off one (the pipe console is 100,000 wide)."""
+    from rich.rule import Rule
+    console.print(Rule(title), width=min(console.width, 100))
+
+
 def status_line(kind: str, text: str) -> None:
     """One line on stderr, `kind: text`, the text as it is (rich would read a '[b]' in a file name as markup)."""
     style = STATUS_STYLES[kind]
@@ -260,10 +266,10 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o")):
     from .datasets import demo_images
     name = "tf_efficientnet_lite0"
     art = out / f"{name}-224-fp32"
-    console.rule(f"1. export {name} with its PyPI ImageNet weights (verified against PyTorch)")
+    heading(f"1. export {name} with its PyPI ImageNet weights (verified against PyTorch)")
     export_cmd(name, weights="default", size=None, opset=17, batch="dynamic", out=art, simplify=True,
                checkpoint_format="auto", force=True)
-    console.rule("2. predict with ONNX Runtime (no torch on this path)")
+    heading("2. predict with ONNX Runtime (no torch on this path)")
     code = run_predict(str(art), demo_images(), topk=5, batch=8, out=out / "result.txt")
     console.print(f"artifact: {art}  (manifest.json + model.onnx); result.txt: {out / 'result.txt'}")
     raise typer.Exit(code)

@@ -34,6 +34,20 @@ def test_list_through_a_pipe_keeps_every_name_whole():
     assert bad.returncode == 2 and "--format must be one of table, plain, csv, json" in bad.stderr
 
 
+def test_demo_through_a_pipe(tmp_path):
+    """README's first command: the shipped photos, each named after its class, predicted by the exported lite0; the
+    output stays readable in a log (a rule once ran 100,000 columns wide there)."""
+    run = _cvzoo("demo", "--out", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    assert max(len(line) for line in run.stdout.splitlines()) < 1000
+    lines = (tmp_path / "out" / "result.txt").read_text().splitlines()
+    photos = demo_images()
+    assert len(lines) == 5 * len(photos)
+    for photo in photos:
+        top5 = [line.split("class name: ", 1)[1].lower() for line in lines if line.startswith(f"{photo}:")]
+        assert len(top5) == 5 and any(photo.stem.replace("_", " ") in name for name in top5), (photo.name, top5)
+
+
 def test_random_weights_are_refused_unless_asked_for(artifacts):
     photo = demo_images()[0]
     name = _cvzoo("predict", "dla46_c", photo)
