@@ -22,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
 FORMATS = ("table", "plain", "csv", "json")
+STDOUT = Path("-")  # as an output file: standard output (the table and summary then go to stderr or nowhere)
 STATUS_STYLES = {"error": "red", "warning": "yellow", "skipped": "yellow"}
 
 
@@ -209,6 +210,8 @@ def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, o
     from .preprocess import find_images
     if topk < 1:
         raise CvzooError(f"--topk must be >= 1, got {topk}")
+    if out is not None and out == jsonl == STDOUT:
+        raise CvzooError("--out and --jsonl cannot both be '-' (standard output)")
     paths, errors = find_images(images)
     for line in errors:
         status_line("error", line)
@@ -225,14 +228,21 @@ def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, o
         else:
             bad += 1
             status_line("error", pred.error)
+    outputs = {}
     if out:
-        write_text_atomic(out, "".join(line + "\n" for p in good for line in result_txt_lines(p)))
+        outputs[out] = "".join(line + "\n" for p in good for line in result_txt_lines(p))
     if jsonl:
-        write_text_atomic(jsonl, "".join(p.as_json() + "\n" for p in good))
-    if not quiet:
+        outputs[jsonl] = "".join(p.as_json() + "\n" for p in good)
+    for dest, text in outputs.items():
+        if dest == STDOUT:
+            sys.stdout.write(text)
+        else:
+            write_text_atomic(dest, text)
+    if not quiet and STDOUT not in outputs:
         print_predictions_table(good, f"{predictor.artifact.name} ({predictor.artifact.precision}, {predictor.engine.name})")
-    console.print(f"{len(good)} images predicted, {bad + len(errors)} skipped"
-                  + (f"; wrote {escape(str(out))}" if out else "") + (f"; wrote {escape(str(jsonl))}" if jsonl else ""))
+    (err_console if STDOUT in outputs else console).print(
+        f"{len(good)} images predicted, {bad + len(errors)} skipped"
+        + "".join(f"; wrote {escape(str(d)) if d != STDOUT else 'standard output'}" for d in outputs))
     return 0 if not (bad or errors) else 3
 
 
@@ -246,8 +256,8 @@ def predict(model: str = typer.Argument(..., help="artifact directory or zoo mod
             images: List[Path] = typer.Argument(..., help="image files and/or folders"),
             topk: int = typer.Option(5, "--topk", "-k"),
             batch: int = typer.Option(8, "--batch", "-b"),
-            out: Optional[Path] = typer.Option(None, "--out", "-o", help="result.txt (the seeds' format)"),
-            jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="JSON lines output"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="result.txt (the seeds' format); '-': standard output"),
+            jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="JSON lines output; '-': standard output"),
             engine: Optional[str] = _engine_option(),
             threads: Optional[int] = typer.Option(None, "--threads"),
             weights: Optional[str] = typer.Option(None, "--weights", "-w", help="with a model name: checkpoint or 'default'"),

@@ -48,6 +48,22 @@ def test_demo_through_a_pipe(tmp_path):
         assert len(top5) == 5 and any(photo.stem.replace("_", " ") in name for name in top5), (photo.name, top5)
 
 
+def test_predictions_to_standard_output_are_all_it_prints(artifacts):
+    """`--jsonl -` / `--out -`: the predictions alone on stdout, for a pipe (jq, grep); the summary goes to stderr."""
+    art = artifacts("tf_efficientnet_lite0")
+    photos = demo_images()[:2]
+    run = _cvzoo("predict", art, *photos, "-k", "2", "--jsonl", "-")
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in photos] and all(len(r["topk"]) == 2 for r in rows)
+    assert "2 images predicted, 0 skipped; wrote standard output" in " ".join(run.stderr.split())
+    txt = _cvzoo("predict", art, photos[0], "-k", "1", "--out", "-")
+    assert txt.stdout.splitlines() == [f"{photos[0]}: Relay top-0 id: {rows[0]['topk'][0]['id']}, prob: "
+                                       f"{rows[0]['topk'][0]['prob']:.8f}, class name: {rows[0]['topk'][0]['name']}"]
+    both = _cvzoo("predict", art, photos[0], "--out", "-", "--jsonl", "-")
+    assert both.returncode == 2 and "--out and --jsonl cannot both be '-'" in both.stderr and not both.stdout
+
+
 def test_random_weights_are_refused_unless_asked_for(artifacts):
     photo = demo_images()[0]
     name = _cvzoo("predict", "dla46_c", photo)
