@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CvzooError
+from .preprocess import IMAGE_SUFFIXES
 
 # robust: each image's min/max, the 90th percentile over images (a few outlier photos do not set a range);
 # mean_minmax: each image's min/max averaged (NNCF's default for per-tensor activations); the others pool every
@@ -71,7 +72,7 @@ class QuantizeConfig(_Cfg):
 
 class CalibrationConfig(_Cfg):
     path: Path
-    suffix: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png"])
+    suffix: list[str] = Field(default_factory=lambda: list(IMAGE_SUFFIXES))  # what predict and eval read
     # calibration images (NNCF's default subset size); None: 300, fewer where the folder is small
     count: Optional[int] = Field(None, ge=2)
     seed: int = 0

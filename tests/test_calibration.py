@@ -41,3 +41,14 @@ def test_a_folder_without_copies_is_split_as_it_is(tmp_path):
     said = []
     calib, held = select_split(CalibrationConfig(path=tmp_path / "calib", count=6, holdout=4), say=said.append)
     assert sorted(calib + held) == photos and len(calib) == 6 and not set(calib) & set(held) and said == []
+
+
+def test_every_format_predict_reads_is_calibrated_on(tmp_path):
+    """WebP, BMP, TIFF and GIF photos count as predict and eval count them (only JPEG and PNG did)."""
+    root = tmp_path / "calib"
+    photos = _photos(root, 4)
+    for i, fmt in enumerate(("webp", "bmp", "tiff", "gif")):
+        Image.open(photos[i]).save(root / f"other{i}.{fmt}")
+    (root / "notes.txt").write_text("not an image")
+    calib, held = select_split(CalibrationConfig(path=root, holdout=2), say=print)
+    assert sorted(p.suffix for p in calib + held) == [".bmp", ".gif", ".png", ".png", ".png", ".png", ".tiff", ".webp"]
