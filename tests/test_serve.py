@@ -277,6 +277,18 @@ def test_a_modified_artifact_is_refused_at_start_up(artifacts, tmp_path):
     assert run.stderr.count("error:") == 1
 
 
+def test_a_port_in_use_is_refused_before_loading(artifacts):
+    """One line naming the address, before the models load (uvicorn said so only after 'serving ...' lines)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "cvzoo", "serve", str(artifacts(LITE0)), "--port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and not run.stdout and run.stderr.count("error:") == 1, run.stderr
+    assert f"127.0.0.1:{port}: cannot listen there (Address already in use)" in " ".join(run.stderr.split())
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one local Ray at a time (with test_sweep's, in the group "ray_server")
 def test_the_same_app_as_a_ray_serve_deployment(artifacts, tmp_path):

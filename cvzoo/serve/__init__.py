@@ -29,6 +29,19 @@ def _check(instances: int, max_batch: int, max_delay_ms: float) -> None:
         raise CvzooError("--max-batch must be >= 1 and --max-delay-ms >= 0")
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on before loading anything (uvicorn would say so only after)."""
+    import socket
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+            s.bind((host, port))
+    except OSError as e:
+        raise CvzooError(f"{host}:{port}: cannot listen there ({e.strerror or e}); choose another --port or --host") \
+            from None
+
+
 def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None, instances: int = 1,
                 threads: Optional[int] = None, max_batch: int = 8, max_delay_ms: float = 2.0,
                 verify_hashes: bool = True, random_init: bool = False) -> list[Served]:
@@ -62,6 +75,7 @@ def serve(models: Sequence[Union[str, Path]], host: str = "127.0.0.1", port: int
     address): the same app as a Ray Serve deployment with `replicas` replicas instead of one uvicorn process."""
     options = dict(engine=engine, instances=instances, threads=threads, max_batch=max_batch, max_delay_ms=max_delay_ms,
                    verify_hashes=verify_hashes, random_init=random_init)
+    _check_listen(host, port)
     if ray is not None:
         from .on_ray import serve_on_ray
         _check(instances, max_batch, max_delay_ms)
