@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -45,15 +46,24 @@ def read_state_dict(path: Path, use_ema: bool = False) -> StateDict:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if "weights_only" in str(e) or "global" in str(e).lower():
-                raise CvzooError(f"{path}: refused: the checkpoint pickle asks to import or call code, which "
-                                 f"cvzoo never executes (only tensors are accepted) [{first}]") from None
-            raise CvzooError(f"{path}: not a readable checkpoint: {first}") from None
+            raise _refusal(path, e) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CvzooError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
     return _unwrap(obj, path, use_ema)
+
+
+def _refusal(path: Path, e: pickle.UnpicklingError) -> CvzooError:
+    """torch's weights-only refusal reduced to what it met: a global (code to import or call), or bytes that are no
+    checkpoint. Its advice to load with weights_only=False is left out."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    code = re.search(r"GLOBAL ([\w.]+)", text)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = found.group(1).strip() if found else (text.strip().splitlines() or [type(e).__name__])[-1]
+    if code:
+        return CvzooError(f"{path}: refused: the checkpoint pickle asks to import or call code ({code.group(1)}), "
+                          "which cvzoo never executes (only tensors are accepted)")
+    return CvzooError(f"{path}: not a readable checkpoint (not a PyTorch file, or corrupt): {detail}")
 
 
 def _unwrap(obj, path: Path, use_ema: bool) -> StateDict:
