@@ -1,6 +1,7 @@
 """`cvzoo predict` and `cvzoo.Predictor`: artifact (or model name) + images -> top-k with class names."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -22,6 +23,8 @@ def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None
         return Path(model)
     if Path(model).exists():
         raise CvzooError(f"{model}: not a cvzoo artifact (no manifest.json) and not a model name")
+    if os.sep in str(model) or str(model).startswith("."):  # meant as a path: model names have no slash
+        raise CvzooError(f"{model}: no such artifact directory")
     from .card import get_card
     card = get_card(str(model))
     if weights is None and not random_init:

@@ -122,6 +122,17 @@ def test_predictor_on_model_name_exports_into_cache(tmp_path, monkeypatch):
     assert Predictor("dla46_c", random_init=True).artifact.folder == p.artifact.folder  # reused
 
 
+def test_a_model_that_is_neither_an_artifact_nor_a_name_is_named_as_what_it_is(tmp_path):
+    from cvzoo.errors import CvzooError
+    (tmp_path / "empty").mkdir()
+    cases = {str(tmp_path / "missing"): "no such artifact directory",  # a path: not called an unknown model name
+             str(tmp_path / "empty"): "not a cvzoo artifact (no manifest.json)",
+             "dla35": "unknown model 'dla35'; did you mean dla34"}
+    for model, message in cases.items():
+        with pytest.raises(CvzooError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            Predictor(model)
+
+
 def test_engine_that_normalizes_gets_uint8_pixels_and_the_same_answers(artifacts, monkeypatch):
     """An engine with accepts_uint8 (torch-cuda) is handed the uint8 crop, and normalizes it itself. That
     engine needs a GPU, which CI lacks: here ONNX Runtime behind preprocess.normalize stands in for it, to
