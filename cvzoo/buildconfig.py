@@ -132,7 +132,11 @@ class BuildConfig(_Cfg):
 
 
 def _one_line(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
+    """Every problem of the config, in one line: a user fixes them all in one go."""
+    return f"{source}: " + "; ".join(_problem(e) for e in err.errors())
+
+
+def _problem(e: dict) -> str:
     loc = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         parent = BuildConfig
@@ -142,12 +146,9 @@ def _one_line(err: ValidationError, source: str) -> str:
         known = list(getattr(parent, "model_fields", {}))
         close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
-        msg = f"unknown key '{loc}'{hint}"
-    else:
-        text = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
-        msg = f"{loc}: {text}" if loc else text
-    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
-    return f"{source}: {msg}{more}"
+        return f"unknown key '{loc}'{hint}"
+    text = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+    return f"{loc}: {text}" if loc else text
 
 
 def parse_config(data: dict, source: str = "config") -> BuildConfig:

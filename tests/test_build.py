@@ -285,6 +285,9 @@ def test_bf16_build_for_torch_cuda_measures_bf16_on_the_cpu(tmp_path):
      "quantize: quantize_outputs false needs format qdq or auto"),
     (dict(model="dla34", quantize=dict(calibrate_mod="entropy")), "unknown key 'quantize.calibrate_mod' (did you mean 'calibrate_mode'?)"),
     (dict(model="dla34", dtyp="int8"), "unknown key 'dtyp' (did you mean 'dtype'?)"),
+    (dict(model="dla34", dtype="int9", calibraton={"path": "x"}),  # every problem, in one line
+     "config: dtype: Input should be 'fp32', 'fp16', 'bf16' or 'int8'; unknown key 'calibraton' (did you mean "
+     "'calibration'?)"),
 ])
 def test_bad_configs(tmp_path, data, message):
     data = {"workspace": str(tmp_path / "ws"), **data}
