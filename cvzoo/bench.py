@@ -12,7 +12,7 @@ import multiprocessing as mp
 import queue as queue_mod
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -191,6 +191,23 @@ def bench_batch(art: Artifact, engine: str, batch: int, instances: int, processe
     }
 
 
+def layer_profile(art: Artifact, engine: str, batch: int, threads: int, runs: int, seed: int) -> dict:
+    """Each layer's mean time over `runs` runs from the engine's own profiler (as benchmark_app -pc, trtexec
+    --dumpProfile), in the order it ran them, and the time by precision: where an int8 build still computes in
+    float shows here."""
+    eng = load_engine(art, engine, threads=threads)
+    if not hasattr(eng, "layer_profile"):
+        raise CvzooError(f"--layers: engine {engine} has no per-layer profiler (onnxruntime and openvino have)")
+    x = synthetic_batch(eng, batch, art.preprocessing.input_size, seed)[0]
+    layers = eng.layer_profile(x, runs)
+    by_precision: dict[str, float] = {}
+    for layer in layers:
+        by_precision[layer.precision] = by_precision.get(layer.precision, 0.0) + layer.ms
+    return {"batch": batch, "runs": runs, "threads": threads, "total_ms": sum(by_precision.values()),
+            "by_precision_ms": dict(sorted(by_precision.items(), key=lambda kv: -kv[1])),
+            "layers": [asdict(layer) for layer in layers]}
+
+
 def bench_images(art: Artifact, engine: str, folder: Path, batch: int, threads: int, duration: float,
                  workers: Optional[int]) -> dict:
     """End to end: decode + preprocess (thread pool) + inference, on real files, cycled."""
@@ -269,7 +286,8 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
           processes: int = 1, threads: Optional[int] = None, warmup: float = 1.0, duration: Optional[float] = 5.0,
           iterations: Optional[int] = None, size: Optional[int] = None, images: Optional[Path] = None,
           vs_torch: bool = False, seed: int = 0, weights: Optional[str] = None, progress=None,
-          verify_hashes: bool = True) -> dict:
+          verify_hashes: bool = True, layers: bool = False) -> dict:
+    """`layers`: also each layer's time at the first batch size, from the engine's profiler."""
     def check(engine: Optional[str]) -> None:
         if engine is not None and engine not in ENGINES:
             raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
@@ -325,6 +343,11 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
             r["torch_eager_fp32"] = t
             r["speedup_vs_torch_eager"] = r["throughput_ips"] / t["throughput_ips"]
         report["results"].append(r)
+    if layers:
+        runs = iterations or 20
+        if progress:
+            progress(f"layers: the engine's profiler at batch {batches[0]}, {runs} runs after one warm-up")
+        report["layer_profile"] = layer_profile(art, engine, batches[0], threads, runs, seed)
     if images:
         if progress:
             progress(f"end to end on {images}")

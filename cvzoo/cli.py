@@ -428,6 +428,8 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
               weights: Optional[str] = typer.Option(None, "--weights", "-w"),
               json_out: Optional[Path] = typer.Option(None, "--json"),
               csv_out: Optional[Path] = typer.Option(None, "--csv"),
+              layers: int = typer.Option(0, "--layers", help="also profile each layer at the first batch size and "
+                                                             "show the N slowest (the JSON has them all)"),
               verify: bool = _verify_option()):
     """Throughput and latency percentiles (vamp -i/-p/-b style); JSON/CSV reports."""
     import csv
@@ -439,11 +441,14 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise CvzooError(f"--batch takes comma-separated integers, got '{batch}'") from None
+    if layers < 0:
+        raise CvzooError(f"--layers must be >= 0, got {layers}")
     duration = None if iterations else (5.0 if seconds is None else seconds)
     report = bench(model, engine=engine, batches=batches, instances=instances, processes=processes, threads=threads,
                    warmup=warmup, duration=duration, iterations=iterations, size=size,
                    images=images, vs_torch=vs_torch, weights=weights, verify_hashes=_verify_note(verify),
-                   progress=lambda m: err_console.print(m, style="dim", markup=False, highlight=False))
+                   progress=lambda m: err_console.print(m, style="dim", markup=False, highlight=False),
+                   layers=layers > 0)
     computes = report["results"][0].get("inference_precision")
     table = Table(title=f"{report['model']} ({report['precision']}, {report['engine']}"
                         + (f", computing {computes}" if computes else "") + f") on {report['machine']['cpu']}")
@@ -457,6 +462,8 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
                       f"{lat['mean_ms']:.2f}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}",
                       f"{lat['max_ms']:.2f}", *(f"{r[k]:.2f}x" if k in r else "-" for k, _ in ratios))
     console.print(table)
+    if "layer_profile" in report:
+        print_layer_profile(report["layer_profile"], layers)
     if "end_to_end" in report:
         e = report["end_to_end"]
         console.print(f"end to end (decode + preprocess + infer): {e['end_to_end_ips']:.1f} img/s; "
@@ -469,6 +476,21 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
         w.writeheader()
         w.writerows(csv_rows(report))
         write_text_atomic(csv_out, buf.getvalue())
+
+
+def print_layer_profile(prof: dict, top: int) -> None:
+    total = prof["total_ms"]
+    table = Table(title=f"the {top} slowest of {len(prof['layers'])} layers at batch {prof['batch']} (mean of "
+                        f"{prof['runs']} runs; the engine's profiler adds its own time)")
+    for col, justify in (("layer", "left"), ("op", "left"), ("kernel", "left"), ("precision", "left"),
+                         ("ms", "right"), ("share", "right")):
+        table.add_column(col, justify=justify)
+    for layer in sorted(prof["layers"], key=lambda x: -x["ms"])[:top]:
+        table.add_row(escape(layer["name"]), layer["op"], layer["kernel"], layer["precision"], f"{layer['ms']:.3f}",
+                      f"{100 * layer['ms'] / total:.1f}%")
+    console.print(table)
+    console.print(f"layer time {total:.2f} ms: " + ", ".join(f"{p} {100 * ms / total:.0f}%"
+                                                             for p, ms in prof["by_precision_ms"].items()))
 
 
 @app.command()

@@ -75,6 +75,8 @@ _ORT_INT8 = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInte
              "DynamicQuantizeMatMul"}
 _ORT_FLOAT = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 _OV_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
+# each engine's conv / matmul layer types, as its compiled graph and its profiler name them
+CONV_LAYERS = {"onnxruntime": _ORT_INT8 | _ORT_FLOAT, "openvino": _OV_LAYERS}
 
 
 def compiled_runner(model_path: Path, engine: str = "onnxruntime") -> tuple[Runner, tuple[int, int]]:

@@ -266,18 +266,26 @@ def test_openvino_instances_sharing_the_cores_are_not_pinned(artifacts, all_core
         assert shared.compiled.get_property("ENABLE_CPU_PINNING") is False
 
 
-def test_openvino_runs_the_qdq_int8_artifact(tmp_path):
+@pytest.fixture(scope="module")
+def lite0_int8_for_openvino(tmp_path_factory):
+    """tf_efficientnet_lite0 (real weights) in int8 built for OpenVINO, no guard, calibrated on the shipped photos."""
     pytest.importorskip("openvino")
-    import numpy as np
     from cvzoo.build import build
     from cvzoo.buildconfig import parse_config
+    from cvzoo.datasets import demo_images
+    return build(parse_config(dict(model="tf_efficientnet_lite0", weights="default", dtype="int8", engine="openvino",
+                                   workspace=str(tmp_path_factory.mktemp("lite0-int8")),
+                                   guard=dict(enabled=False), quantize=dict(format="auto"),
+                                   calibration=dict(path=str(demo_images()[0].parent), count=6, holdout=2))),
+                 say=lambda m: None)
+
+
+@pytest.mark.xdist_group("lite0_int8")  # one worker builds the module's artifact
+def test_openvino_runs_the_qdq_int8_artifact(lite0_int8_for_openvino):
+    import numpy as np
     from cvzoo.engines import load_engine
     from cvzoo.datasets import demo_images
-    art = build(parse_config(dict(model="tf_efficientnet_lite0", weights="default", dtype="int8", engine="openvino",
-                                  workspace=str(tmp_path),
-                                  guard=dict(enabled=False), quantize=dict(format="auto"),
-                                  calibration=dict(path=str(demo_images()[0].parent), count=6, holdout=2))),
-                say=lambda m: None)
+    art = lite0_int8_for_openvino
     assert Artifact.load(art).manifest.build.quantization.format_chosen == "qdq"
     x = np.stack([__import__("cvzoo.preprocess", fromlist=["x"]).preprocess_image(p, Artifact.load(art).preprocessing)
                   for p in demo_images()])
@@ -286,6 +294,26 @@ def test_openvino_runs_the_qdq_int8_artifact(tmp_path):
     assert a.shape == b.shape == (len(x), 1000) and np.isfinite(b).all()
     # two int8 runtimes round differently; on real weights they agree on the answer
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.85
+
+
+@pytest.mark.xdist_group("lite0_int8")
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_layer_profile_shows_which_layers_run_in_int8(lite0_int8_for_openvino, engine):
+    """`bench --layers`: each layer's time from the engine's own profiler, with the precision its kernel computes in;
+    its conv layers in int8 are those the graph the engine compiled says (read another way, by runners)."""
+    from cvzoo.runners import CONV_LAYERS, int8_layers
+    art = lite0_int8_for_openvino
+    prof = bench(art, engine=engine, batches=[1], iterations=3, warmup=0, layers=True)["layer_profile"]
+    convs = [x for x in prof["layers"] if x["op"] in CONV_LAYERS[engine]]
+    int8, total = int8_layers(Artifact.load(art).model_path, engine)
+    assert len(convs) == total and sum(x["precision"] == "int8" for x in convs) == int8 > 0
+    assert prof["runs"] == 3 and all(x["ms"] >= 0 for x in prof["layers"])
+    assert prof["total_ms"] > 0 and prof["total_ms"] == pytest.approx(sum(prof["by_precision_ms"].values()))
+    assert prof["total_ms"] == pytest.approx(sum(x["ms"] for x in prof["layers"]))
+    cli = subprocess.run([sys.executable, "-m", "cvzoo", "bench", str(art), "-e", engine, "-b", "1", "--iterations",
+                          "2", "--warmup", "0", "--layers", "3"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert f"the 3 slowest of {len(prof['layers'])} layers at batch 1" in cli.stdout and "layer time" in cli.stdout
 
 
 def test_bench_defaults_to_the_engine_an_artifact_was_built_for(tmp_path):

@@ -50,6 +50,29 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+    # optional, for `bench --layers`: `layer_profile(batch, runs) -> list[LayerTime]`, from the engine's own profiler
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """One layer as the engine ran it, with its mean time over the profiled runs."""
+    name: str
+    op: str  # the engine's operation: QLinearConv, FusedConv (ONNX Runtime); Convolution (OpenVINO)
+    kernel: str  # what ran it: the op on its provider (ONNX Runtime), the exec type (OpenVINO: brgconv_avx512_I8)
+    precision: str  # what the kernel computes in: int8, fp32, fp16, bf16
+    ms: float
+
+
+def mean_layer_times(runs: list[list[LayerTime]]) -> list[LayerTime]:
+    """Each layer's mean over the runs, in the order the engine ran them."""
+    total: dict[str, float] = {}
+    first: dict[str, LayerTime] = {}
+    for run in runs:
+        for layer in run:
+            total[layer.name] = total.get(layer.name, 0.0) + layer.ms
+            first.setdefault(layer.name, layer)
+    return [LayerTime(t.name, t.op, t.kernel, t.precision, total[name] / len(runs)) for name, t in first.items()]
+
 
 def accepts_uint8(engine: Engine) -> bool:
     """Whether `engine` normalizes uint8 pixels itself (preprocessing then stops after resize + crop)."""
