@@ -137,5 +137,6 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['cvzoo_vs_benchmark_app_ips']:.2f} | {default} |")
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     main()

@@ -17,11 +17,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from serve_bodies import tensor_body  # this folder is on sys.path when the script runs
-from serve_throughput import port, wrk
+from serve_throughput import port, wait_ready, wrk
 
 IMPLEMENTATIONS = {"httptools": "uvloop", "h11": "asyncio"}  # uvicorn's http= and the loop= it pairs with
 
@@ -49,20 +48,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def one_round(args, http: str, size: int, cores: list[int], tmp: Path) -> dict:
-    import httpx
     p = port()
     server = subprocess.Popen([sys.executable, __file__, "--child", http, "--model", args.model, "--port", str(p)],
                               preexec_fn=lambda: os.sched_setaffinity(0, cores[:1]))
     url = f"http://127.0.0.1:{p}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            if server.poll() is not None:
-                raise RuntimeError(f"server ({http}) exited with {server.returncode}")
+        wait_ready(server, url)
         body = [tensor_body(size)]
         wrk(url, "m", body, args.connections, args.warmup, tmp, f"{http}-warm")
         before = cpu_seconds(server.pid)

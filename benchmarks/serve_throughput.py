@@ -50,21 +50,27 @@ def rss_mb(pid: int) -> float:
 
 def start_server(art: Path, engine: str, max_batch: int, delay_ms: float, instances: int
                  ) -> tuple[subprocess.Popen, str]:
-    import httpx
     p = port()
     proc = subprocess.Popen([sys.executable, "-m", "cvzoo", "serve", str(art), "--engine", engine, "--port", str(p),
                              "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms),
                              "--instances", str(instances)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{p}"
+    wait_ready(proc, url)
+    return proc, url
+
+
+def wait_ready(proc: subprocess.Popen, url: str) -> None:
+    """Until the server answers ready; its stderr (if piped) when it exits first."""
+    import httpx
     for _ in range(600):
         try:
             if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             time.sleep(0.2)
         if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read())
+            raise RuntimeError(proc.stderr.read() if proc.stderr else f"server exited with {proc.returncode}")
     raise RuntimeError("server not ready")
 
 

@@ -51,14 +51,19 @@ def time_runners(runners: dict[str, Runner], shape: tuple[int, ...], rounds: int
     return {k: float(np.median(v)) for k, v in time_rounds(runners, shape, rounds, seconds).items()}
 
 
+def warm_up(run: Runner, x: np.ndarray) -> None:
+    """Two runs: an engine may prepare on its second (OpenVINO compiles its batch-1 model then)."""
+    run(x)
+    run(x)
+
+
 def time_rounds(runners: dict[str, Runner], shape: tuple[int, ...], rounds: int = 5,
                 seconds: float = 0.15) -> dict[str, list[float]]:
     """Seconds per run of each runner in each round (the runners take turns within a round): a ratio of two runners
     taken round by round cancels the machine's slow drifts, which on a shared 2-core machine reach 25%."""
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    for run in runners.values():  # twice: an engine may prepare on its second run (OpenVINO's batch-1 model)
-        run(x)
-        run(x)
+    for run in runners.values():
+        warm_up(run, x)
     per_run: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for k, run in runners.items():

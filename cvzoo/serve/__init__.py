@@ -49,6 +49,7 @@ def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None
     from ..bench import synthetic_batch
     from ..engines import load_engine
     from ..machine import physical_cores
+    from ..runners import warm_up
     _check(instances, max_batch, max_delay_ms)
     threads = threads or max(1, physical_cores() // instances)
     served: list[Served] = []
@@ -59,10 +60,8 @@ def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None
         if any(s.name == name for s in served):
             raise CvzooError(f"{art.folder}: a second {name}; serve one artifact per model and precision")
         engines = [load_engine(art, engine, threads=threads) for _ in range(instances)]
-        for e in engines:  # warm-up at load, not on the first requests (OpenVINO compiles its batch-1 model then)
-            x = synthetic_batch(e, 1, art.preprocessing.input_size, seed=0)[0]
-            e.run(x)
-            e.run(x)
+        for e in engines:  # at load, not on the first requests
+            warm_up(e.run, synthetic_batch(e, 1, art.preprocessing.input_size, seed=0)[0])
         served.append(Served(name, art, Batcher(engines, max_batch, max_delay_ms)))
     return served
 
