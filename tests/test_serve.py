@@ -140,6 +140,8 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_goes_on(server):
         "empty": (lambda: _upload(server.url, "e.jpg", b""), 400, "empty"),
         "bomb": (lambda: _upload(server.url, "b.png", _png_claiming(30000, 30000)), 400, "decompression-bomb"),
         "over --max-body-mb": (lambda: _upload(server.url, "big.jpg", b"\xff" * (5 << 20)), 413, "max-body-mb"),
+        "v2 over --max-body-mb": (lambda: _v2(server.url, b"\0" * (5 << 20)), 413, "max-body-mb"),
+        "v2 over --max-body-mb, chunked": (lambda: _v2(server.url, iter([b"\0" * (1 << 20)] * 5)), 413, "max-body-mb"),
         "wrong shape": (lambda: _v2(server.url, _v2_json([1, 3, 100, 100])), 400, "expected [N, 3, 224, 224]"),
         "wrong dtype": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224], "INT32")), 400, "expected FP32"),
         "malformed JSON": (lambda: _v2(server.url, b"{not json"), 400, "malformed JSON"),
@@ -209,8 +211,9 @@ def test_sigterm_answers_every_request_in_flight(artifacts):
     assert s.proc.wait(timeout=60) in (0, -signal.SIGTERM) and "Traceback" not in s.proc.stderr.read()
 
 
-def test_an_engine_error_fails_its_batch_only_and_is_counted(artifacts):
-    """An engine that fails on a poisoned batch (a NaN row), behind the real app and uvicorn."""
+def test_an_engine_fault_fails_its_batch_only_and_is_counted(artifacts):
+    """An engine that fails on a poisoned batch (a NaN row), or answers it without a class axis (an inf row), behind
+    the real app and uvicorn."""
     import uvicorn
 
     from cvzoo.artifact import Artifact
@@ -225,6 +228,8 @@ def test_an_engine_error_fails_its_batch_only_and_is_counted(artifacts):
         def run(self, x):
             if np.isnan(x).any():
                 raise RuntimeError("poisoned batch")
+            if np.isinf(x).any():
+                return np.zeros(len(x))  # no class axis: answering it fails in the server's own code
             return self.engine.run(x)
     art = Artifact.load(artifacts(LITE0))
     metrics = Metrics()
@@ -245,9 +250,13 @@ def test_an_engine_error_fails_its_batch_only_and_is_counted(artifacts):
         r_good = _v2(url, _v2_json(list(x.shape), data=x.ravel().tolist()))
         assert r_bad.status_code == 500 and "poisoned batch" in r_bad.json()["error"]
         assert r_good.status_code == 200
+        bad[0, 0, 0, 0] = np.inf
+        r_malformed = _v2(url, _v2_json(list(bad.shape), data=bad.ravel().tolist()))
+        assert r_malformed.status_code == 500 and "internal server error" in r_malformed.json()["error"]
+        assert _v2(url, _v2_json(list(x.shape), data=x.ravel().tolist())).status_code == 200
         text = httpx.get(url + "/metrics").text
         assert f'cvzoo_engine_errors_total{{model="{LITE0}"}} 1.0' in text
-        assert 'status="500"' in text
+        assert f'cvzoo_requests_total{{endpoint="v2_infer",model="{LITE0}",status="500"}} 2.0' in text
     finally:
         srv.should_exit = True
         t.join(timeout=30)
@@ -313,3 +322,26 @@ def test_the_same_app_as_a_ray_serve_deployment(artifacts, tmp_path):
         code = s.stop()
     said = log.read_text()
     assert code == 0 and "2 replica(s)" in said and "Traceback" not in said, said[-3000:]
+
+
+def test_a_batch_answered_with_missing_rows_fails_that_batch_only():
+    import asyncio
+
+    from cvzoo.serve.batcher import Batcher, EngineError
+
+    class DropsRows:  # one row per batch, whatever the batch
+        def run(self, x):
+            return x[:1, :, 0, 0]
+
+    async def scenario():
+        b = Batcher([DropsRows()], max_batch=4, max_delay_ms=50)
+        b.start()
+        rows = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1)
+        together = await asyncio.gather(*(b.infer(r[None]) for r in rows), return_exceptions=True)
+        alone = await b.infer(rows[2:])
+        await b.drain()
+        return together, alone
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: the browser tests' Playwright holds this one's loop
+        together, alone = pool.submit(asyncio.run, scenario()).result()
+    assert all(isinstance(e, EngineError) and "answered 1 rows" in str(e) for e in together), together
+    assert alone.tolist() == [[2.0]]

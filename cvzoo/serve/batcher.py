@@ -64,7 +64,9 @@ class Batcher:
             while n < self.max_batch:
                 wait = deadline - loop.time()
                 try:
-                    nxt = self.queue.get_nowait() if wait <= 0 else await asyncio.wait_for(self.queue.get(), wait)
+                    # wait_for makes a task per call: only when nothing is queued
+                    nxt = (self.queue.get_nowait() if wait <= 0 or not self.queue.empty()
+                           else await asyncio.wait_for(self.queue.get(), wait))
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
                 if n + len(nxt.x) > self.max_batch:  # would overflow: it opens the next batch
@@ -79,6 +81,8 @@ class Batcher:
             self.busy += 1
             try:
                 out = await loop.run_in_executor(pool, engine.run, np.concatenate([it.x for it in items]))
+                if len(out) != n:
+                    raise RuntimeError(f"it answered {len(out)} rows")
             except Exception as e:  # the batch fails; the server goes on
                 self.stats.on_engine_error()
                 for it in items:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -56,7 +57,7 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
         raise ProtocolError(f"malformed JSON: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
         raise ProtocolError("the request needs an 'inputs' list with at least one tensor")
-    offset, tensors = split, []
+    offset, tensors, view = split, [], memoryview(body)  # slices of a view, not copies of a tensor's bytes
     for spec in header["inputs"]:
         if not isinstance(spec, dict):
             raise ProtocolError("each input must be an object with name, shape, datatype")
@@ -66,15 +67,15 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
             raise ProtocolError(f"input {name!r}: needs a name and a shape of non-negative integers")
         if dtype != "BYTES" and dtype not in DTYPES:
             raise ProtocolError(f"input '{name}': unknown datatype {dtype!r}")
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)
         size = (spec.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            raw = body[offset:offset + int(size)]
+            raw = view[offset:offset + int(size)]
             if len(raw) != int(size):
                 raise ProtocolError(f"input '{name}': {size} bytes of binary data announced, {len(raw)} sent")
             offset += int(size)
             if dtype == "BYTES":
-                value = _bytes_elements(raw, name)
+                value = _bytes_elements(bytes(raw), name)
             else:
                 if len(raw) != count * np.dtype(DTYPES[dtype]).itemsize:
                     raise ProtocolError(f"input '{name}': {len(raw)} bytes do not hold {dtype} {shape}")
