@@ -10,10 +10,12 @@ perf_analyzer is what the issue asks for first, but PyPI's `perf-analyzer` is a 
 - locust (FastHttpUser, headless): a Python process that needs most of a core at these rates, and checks every JPEG
   answer's top-1 against `cvzoo predict`.
 For each fixture x engine: the default guarded int8 build (calibrated on ../shared/data/imagenet-sample); engine-only
-images/s at batch 1 and at --max-batch (`cvzoo bench`, one instance); the server under each generator, one FP32 tensor
-per request, then one JPEG per request (Imagenette val), against `cvzoo bench --images`. --soak-minutes: the first
-model at concurrency 32 with 5% bad requests mixed in (locust: every good answer's top-1 checked); the server's RSS
-after warm-up and at the end.
+images/s at batch 1 (`cvzoo bench`, --instances); then --rounds rounds, each engine-only at --max-batch followed by the
+server under each generator with one FP32 tensor per request: each round's ratio cancels the machine's drift, and the
+row reports the median; then one JPEG per request (Imagenette val), against `cvzoo bench --images`. Each served run
+records where the CPU went: the server's event loop, its other threads (engines, decoding), the load generator, idle.
+--soak-minutes: the first model at concurrency 32 with 5% bad requests mixed in (locust: every good answer's top-1
+checked); the server's RSS after warm-up and at the end.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,12 +52,40 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(art: Path, engine: str, max_batch: int, delay_ms: float, instances: int
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each of a process's threads, by thread id."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended in between
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def with_cpu(pid: int, load) -> dict:
+    """`load()`'s result, with where the machine's CPU went while it ran: the server's event loop (its main thread),
+    its other threads (the engines, the decode pool), the load generator (this process's children) and idle."""
+    before, kids, t0 = thread_cpu_s(pid), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    r = load()
+    after, kids2, wall = thread_cpu_s(pid), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    loop = after.get(pid, 0) - before.get(pid, 0)
+    rest = sum(v - before.get(k, 0) for k, v in after.items() if k != pid)
+    gen = kids2.ru_utime + kids2.ru_stime - kids.ru_utime - kids.ru_stime
+    cores = len(os.sched_getaffinity(0))
+    return {**r, "cpu": {"event_loop_ms_per_request": round(1000 * loop / max(r["requests"], 1), 3),
+                         "event_loop_cores": round(loop / wall, 3), "engine_and_other_threads_cores": round(rest / wall, 3),
+                         "load_generator_cores": round(gen / wall, 3),
+                         "idle_cores": round(cores - (loop + rest + gen) / wall, 3)}}
+
+
+def start_server(art: Path, engine: str, max_batch: int, delay_ms: float, instances: int, *extra: str
                  ) -> tuple[subprocess.Popen, str]:
     p = port()
     proc = subprocess.Popen([sys.executable, "-m", "cvzoo", "serve", str(art), "--engine", engine, "--port", str(p),
                              "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms),
-                             "--instances", str(instances)],
+                             "--instances", str(instances), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{p}"
     wait_ready(proc, url)
@@ -122,6 +154,9 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1, help="engine instances, in the server and engine-only alike")
     ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--load-generators", default=None, help="wrk,locust (default: both where wrk is installed)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="engine-only and served FP32-tensor runs, taking turns; each row reports the median ratio")
+    ap.add_argument("--serve-args", default="", help="more `cvzoo serve` options, e.g. '--loop-sched normal'")
     ap.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = ap.parse_args()
     from cvzoo.artifact import Artifact
@@ -150,32 +185,43 @@ def main() -> None:
                 pred = Predictor(art, engine=engine)
                 expected = [[str(f), p.ids[0]] for f, p in zip(files, pred.predict_paths(files, topk=1))]
                 pred.close()
-                rep = bench(art, engine=engine, batches=(1, args.max_batch), duration=args.seconds / 2, warmup=1.0,
-                            images=val, instances=args.instances)
-                ips = {r["batch"]: r["throughput_ips"] for r in rep["results"]}
-                proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances)
+                rep = bench(art, engine=engine, batches=(1,), duration=args.seconds / 2, warmup=1.0, images=val,
+                            instances=args.instances)
+                proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances,
+                                         *args.serve_args.split())
                 env = {"CVZOO_MODEL": a.name, "CVZOO_SIZE": str(size), "CVZOO_FILES": json.dumps(expected)}
                 bodies = {"tensor": [tensor_body(size)], "jpeg": [jpeg_body(f.read_bytes()) for f in files]}
-                served = {}
+
+                def load(gen: str, mode: str, tag: str) -> dict:
+                    return with_cpu(proc.pid, lambda: (
+                        wrk(url, a.name, bodies[mode], args.users, args.seconds, tmp, tag) if gen == "wrk"
+                        else locust(url, {**env, "CVZOO_MODE": mode}, args.users, args.seconds, tmp, tag)))
+                rounds = []
                 try:
                     locust(url, {**env, "CVZOO_MODE": "tensor"}, args.users, 5, tmp, "warm")
-                    for gen in generators:
-                        for mode in ("tensor", "jpeg"):
-                            served[f"{gen}_{mode}"] = (
-                                wrk(url, a.name, bodies[mode], args.users, args.seconds, tmp, mode) if gen == "wrk"
-                                else locust(url, {**env, "CVZOO_MODE": mode}, args.users, args.seconds, tmp, mode))
+                    # engine-only and served take turns: the machine's drift between rounds cancels in each ratio
+                    for i in range(args.rounds):
+                        only = bench(art, engine=engine, batches=(args.max_batch,), duration=args.seconds / 2,
+                                     warmup=1.0, instances=args.instances)["results"][0]["throughput_ips"]
+                        rounds.append({"engine_only_ips_bmax": round(only, 2),
+                                       **{g: load(g, "tensor", f"tensor{i}") for g in generators}})
+                    served = {f"{g}_jpeg": load(g, "jpeg", "jpeg") for g in generators}
                     rss = rss_mb(proc.pid)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=60)
+                ratios = {g: [r[g]["requests_per_s"] / r["engine_only_ips_bmax"] for r in rounds] for g in generators}
+                for g in generators:  # the round with the median ratio stands for the row
+                    served[f"{g}_tensor"] = rounds[sorted(range(len(rounds)), key=ratios[g].__getitem__)[len(rounds) // 2]][g]
                 e2e = rep["end_to_end"]["end_to_end_ips"]
                 row = {"model": name, "engine": engine, "input_size": size, "form": a.manifest.build.quantization.form,
                        "users": args.users, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
-                       "instances": args.instances,
-                       "engine_only_ips_b1": round(ips[1], 2), "engine_only_ips_bmax": round(ips[args.max_batch], 2),
-                       "bench_images_ips": round(e2e, 2), "served": served,
-                       "served_vs_engine_only": {g: round(served[f"{g}_tensor"]["requests_per_s"] / ips[args.max_batch],
-                                                          3) for g in generators},
+                       "instances": args.instances, "serve_args": args.serve_args,
+                       "engine_only_ips_b1": round(rep["results"][0]["throughput_ips"], 2),
+                       "engine_only_ips_bmax": round(statistics.median(r["engine_only_ips_bmax"] for r in rounds), 2),
+                       "bench_images_ips": round(e2e, 2), "rounds": rounds, "served": served,
+                       "served_vs_engine_only": {g: round(statistics.median(ratios[g]), 3) for g in generators},
+                       "served_vs_engine_only_rounds": {g: [round(x, 3) for x in ratios[g]] for g in generators},
                        "served_jpeg_vs_bench_images": {g: round(served[f"{g}_jpeg"]["requests_per_s"] / e2e, 3)
                                                        for g in generators},
                        "server_rss_mb": round(rss, 1)}
@@ -184,7 +230,8 @@ def main() -> None:
                 first = first or (art, engine, env, row)
         if args.soak_minutes:  # after the speed rows: it checks answers and memory, not speed
             art, engine, env, row = first
-            proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances)
+            proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances,
+                                     *args.serve_args.split())
             try:
                 locust(url, {**env, "CVZOO_MODE": "soak"}, 32, 30, tmp, "soak-warm")
                 before = rss_mb(proc.pid)
