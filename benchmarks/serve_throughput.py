@@ -75,7 +75,8 @@ def with_cpu(pid: int, load) -> dict:
     gen = kids2.ru_utime + kids2.ru_stime - kids.ru_utime - kids.ru_stime
     cores = len(os.sched_getaffinity(0))
     return {**r, "cpu": {"event_loop_ms_per_request": round(1000 * loop / max(r["requests"], 1), 3),
-                         "event_loop_cores": round(loop / wall, 3), "engine_and_other_threads_cores": round(rest / wall, 3),
+                         "event_loop_cores": round(loop / wall, 3),
+                         "engine_and_other_threads_cores": round(rest / wall, 3),
                          "load_generator_cores": round(gen / wall, 3),
                          "idle_cores": round(cores - (loop + rest + gen) / wall, 3)}}
 
@@ -156,7 +157,7 @@ def main() -> None:
     ap.add_argument("--load-generators", default=None, help="wrk,locust (default: both where wrk is installed)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="engine-only and served FP32-tensor runs, taking turns; each row reports the median ratio")
-    ap.add_argument("--serve-args", default="", help="more `cvzoo serve` options, e.g. '--loop-sched normal'")
+    ap.add_argument("--serve-args", default="", help="more `cvzoo serve` options, e.g. '--threads 1'")
     ap.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = ap.parse_args()
     from cvzoo.artifact import Artifact
@@ -212,7 +213,8 @@ def main() -> None:
                     proc.wait(timeout=60)
                 ratios = {g: [r[g]["requests_per_s"] / r["engine_only_ips_bmax"] for r in rounds] for g in generators}
                 for g in generators:  # the round with the median ratio stands for the row
-                    served[f"{g}_tensor"] = rounds[sorted(range(len(rounds)), key=ratios[g].__getitem__)[len(rounds) // 2]][g]
+                    middle = sorted(range(len(rounds)), key=ratios[g].__getitem__)[len(rounds) // 2]
+                    served[f"{g}_tensor"] = rounds[middle][g]
                 e2e = rep["end_to_end"]["end_to_end_ips"]
                 row = {"model": name, "engine": engine, "input_size": size, "form": a.manifest.build.quantization.form,
                        "users": args.users, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
