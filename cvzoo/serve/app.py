@@ -175,6 +175,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     async def model_ready(name: str, version: Optional[str] = None):
         return Response(status_code=200 if model(name).batcher.workers else 503)
 
+    # KServe v2 infer, the hot path: an ASGI app that App runs ahead of FastAPI's middleware and router
     async def infer(scope, receive, send) -> None:
         request = Request(scope, receive)
         try:
