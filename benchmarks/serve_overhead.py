@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from serve_bodies import tensor_body  # this folder is on sys.path when the script runs
-from serve_throughput import port, wait_ready, wrk
+from serve_throughput import port, stat_cpu_s, wait_ready, wrk
 
 IMPLEMENTATIONS = {"httptools": "uvloop", "h11": "asyncio"}  # uvicorn's http= and the loop= it pairs with
 
@@ -44,11 +44,6 @@ def serve_zeros(model: str, http: str, p: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=p, log_level="warning", http=http, loop=IMPLEMENTATIONS[http])
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def one_round(args, variant: dict, size: int, cores: list[int], tmp: Path) -> dict:
     p = port()
     server = subprocess.Popen([sys.executable, __file__, "--child", variant["http"], "--model", args.model,
@@ -59,9 +54,9 @@ def one_round(args, variant: dict, size: int, cores: list[int], tmp: Path) -> di
         wait_ready(server, url)
         body = [tensor_body(size)]
         wrk(url, "m", body, args.connections, args.warmup, tmp, "warm")
-        before = cpu_seconds(server.pid)
+        before = stat_cpu_s(Path(f"/proc/{server.pid}/stat"))
         r = wrk(url, "m", body, args.connections, args.seconds, tmp, "run")
-        cpu = cpu_seconds(server.pid) - before
+        cpu = stat_cpu_s(Path(f"/proc/{server.pid}/stat")) - before
     finally:
         server.terminate()
         server.wait(30)

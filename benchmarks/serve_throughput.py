@@ -52,15 +52,20 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file (a process's, or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu_s(pid: int) -> dict[int, float]:
     """CPU seconds of each of a process's threads, by thread id."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[int(tid)] = stat_cpu_s(Path(f"/proc/{pid}/task/{tid}/stat"))
         except FileNotFoundError:  # the thread ended in between
             continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
