@@ -19,9 +19,20 @@ def tensor_body(size: int) -> tuple[bytes, dict]:
                       "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, x)
 
 
+def tensor_json_body(size: int) -> tuple[bytes, dict]:
+    """tensor_body's request with the image as JSON numbers instead of binary data."""
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    return v2_binary({"inputs": [{"name": "input", "shape": [1, 3, size, size], "datatype": "FP32",
+                                  "data": x.reshape(-1).tolist()}],
+                      "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, b"")
+
+
 def jpeg_body(data: bytes) -> tuple[bytes, dict]:
     """One encoded image as the `image` BYTES input (4-byte length prefix) asking for the top-1."""
     blob = len(data).to_bytes(4, "little") + data
     return v2_binary({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                                   "parameters": {"binary_data_size": len(blob)}}],
                       "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, blob)
+
+
+TENSOR_BODIES = {"binary": tensor_body, "json": tensor_json_body}  # one FP32 image per request, either way

@@ -1,8 +1,9 @@
 """The server's own CPU per request: `cvzoo serve`'s app with an engine that answers zeros at once, loaded by wrk with
-one preprocessed FP32 tensor per request (KServe v2 binary). Two servers take turns, round by round, so that each
-round's ratio cancels the machine's drifts: by default uvicorn's two HTTP implementations (httptools + uvloop, which
-`cvzoo[serve]` installs, and the pure-Python h11 + asyncio that uvicorn falls back to without them); with --against
-REV, this tree's server against the one at git revision REV (both on httptools + uvloop).
+one preprocessed FP32 tensor per request (KServe v2: Triton's binary format, or JSON numbers with --request json).
+Two servers take turns, round by round, so that each round's ratio cancels the machine's drifts: by default uvicorn's
+two HTTP implementations (httptools + uvloop, which `cvzoo[serve]` installs, and the pure-Python h11 + asyncio that
+uvicorn falls back to without them); with --against REV, this tree's server against the one at git revision REV (both
+on httptools + uvloop).
 
     python benchmarks/serve_overhead.py --out benchmarks/results/serve_overhead.json [--model NAME_OR_ARTIFACT]
     python benchmarks/serve_overhead.py --against 88e2bfe --out benchmarks/results/serve_overhead_vs_88e2bfe.json
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve_bodies import tensor_body  # this folder is on sys.path when the script runs
+from serve_bodies import TENSOR_BODIES  # this folder is on sys.path when the script runs
 from serve_throughput import port, stat_cpu_s, wait_ready, wrk
 
 IMPLEMENTATIONS = {"httptools": "uvloop", "h11": "asyncio"}  # uvicorn's http= and the loop= it pairs with
@@ -52,7 +53,7 @@ def one_round(args, variant: dict, size: int, cores: list[int], tmp: Path) -> di
     url = f"http://127.0.0.1:{p}"
     try:
         wait_ready(server, url)
-        body = [tensor_body(size)]
+        body = [TENSOR_BODIES[args.request](size)]
         wrk(url, "m", body, args.connections, args.warmup, tmp, "warm")
         before = stat_cpu_s(Path(f"/proc/{server.pid}/stat"))
         r = wrk(url, "m", body, args.connections, args.seconds, tmp, "run")
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--request", choices=("binary", "json"), default="binary",
+                    help="the tensor in Triton's binary format or as JSON numbers")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -112,7 +115,8 @@ def main() -> None:
     first, second = (v["label"] for v in variants)
     per_round = [b["server_cpu_ms_per_request"] / a["server_cpu_ms_per_request"]
                  for a, b in zip(rounds[first], rounds[second])]
-    report = {"model": args.model, "input_size": size, "connections": args.connections, "seconds": args.seconds,
+    report = {"model": args.model, "input_size": size, "request": args.request, "connections": args.connections,
+              "seconds": args.seconds,
               "pinned": len(cores) > 1, "cvzoo": __version__, "versions": versions("uvicorn", "starlette", "fastapi",
                                                                                    "httptools", "uvloop", "h11"),
               "variants": variants, "rounds": rounds,

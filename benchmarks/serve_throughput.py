@@ -86,6 +86,16 @@ def with_cpu(pid: int, load) -> dict:
                          "idle_cores": round(cores - (loop + rest + gen) / wall, 3)}}
 
 
+def int8_artifact(name: str, engine: str, tmp: Path) -> Path:
+    """The fixture's default guarded int8 build for `engine`, calibrated on ImageNet photos of other classes."""
+    from cvzoo.build import build
+    from cvzoo.buildconfig import parse_config
+    return build(parse_config({"model": name, "weights": "default", "dtype": "int8", "engine": engine,
+                               "workspace": str(tmp / "ws"), "name": f"{name}-{engine}",
+                               "calibration": {"path": str(SHARED / "imagenet-sample")}}),
+                 force=True, say=lambda m: None)
+
+
 def start_server(art: Path, engine: str, max_batch: int, delay_ms: float, instances: int, *extra: str
                  ) -> tuple[subprocess.Popen, str]:
     p = port()
@@ -167,8 +177,6 @@ def main() -> None:
     args = ap.parse_args()
     from cvzoo.artifact import Artifact
     from cvzoo.bench import bench
-    from cvzoo.build import build
-    from cvzoo.buildconfig import parse_config
     from cvzoo.engines import installed_cpu_engines
     from cvzoo.machine import machine_info
     from cvzoo.postprocess import write_text_atomic
@@ -182,10 +190,7 @@ def main() -> None:
         for name in args.models.split(","):
             files = sorted(val.rglob("*.JPEG"))[::5]  # 200 of the 1000, every class
             for engine in engines:
-                art = build(parse_config({"model": name, "weights": "default", "dtype": "int8", "engine": engine,
-                                          "workspace": str(tmp / "ws"), "name": f"{name}-{engine}",
-                                          "calibration": {"path": str(SHARED / "imagenet-sample")}}),
-                            force=True, say=lambda m: None)
+                art = int8_artifact(name, engine, tmp)
                 a = Artifact.load(art)
                 size = a.preprocessing.input_size
                 pred = Predictor(art, engine=engine)

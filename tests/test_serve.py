@@ -128,6 +128,15 @@ def _v2_json(shape, datatype="FP32", data=None):
                                    "data": data if data is not None else [0] * int(np.prod(shape))}]}).encode()
 
 
+def _v2_binary(x: np.ndarray):
+    """_v2's body and headers: one FP32 tensor in Triton's binary format, as tritonclient sends it (JSON has no
+    NaN)."""
+    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    return {"body": head + x.astype(np.float32).tobytes(),
+            "headers": {"Inference-Header-Content-Length": str(len(head))}}
+
+
 def _upload(url, name, data):
     return httpx.post(url + "/v1/predict", files=[("file", (name, data, "image/jpeg"))], timeout=60)
 
@@ -145,6 +154,8 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_goes_on(server):
         "wrong shape": (lambda: _v2(server.url, _v2_json([1, 3, 100, 100])), 400, "expected [N, 3, 224, 224]"),
         "wrong dtype": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224], "INT32")), 400, "expected FP32"),
         "malformed JSON": (lambda: _v2(server.url, b"{not json"), 400, "malformed JSON"),
+        "JSON with NaN": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]).replace(b"[0,", b"[NaN,", 1)), 400,
+                          "malformed JSON"),
         "unknown model": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]), model="nope"), 404, "unknown model"),
         "unknown output": (lambda: _v2(server.url, json.dumps({"inputs": json.loads(_v2_json([1, 3, 224, 224]))["inputs"],
                                                                "outputs": [{"name": "nope"}]}).encode()),
@@ -246,12 +257,12 @@ def test_an_engine_fault_fails_its_batch_only_and_is_counted(artifacts):
         x = _pixels(demo_images()[:1])
         bad = x.copy()
         bad[0, 0, 0, 0] = np.nan
-        r_bad = _v2(url, _v2_json(list(bad.shape), data=bad.ravel().tolist()))  # JSON's NaN, as Python writes it
+        r_bad = _v2(url, **_v2_binary(bad))
         r_good = _v2(url, _v2_json(list(x.shape), data=x.ravel().tolist()))
         assert r_bad.status_code == 500 and "poisoned batch" in r_bad.json()["error"]
         assert r_good.status_code == 200
         bad[0, 0, 0, 0] = np.inf
-        r_malformed = _v2(url, _v2_json(list(bad.shape), data=bad.ravel().tolist()))
+        r_malformed = _v2(url, **_v2_binary(bad))
         assert r_malformed.status_code == 500 and "internal server error" in r_malformed.json()["error"]
         assert _v2(url, _v2_json(list(x.shape), data=x.ravel().tolist())).status_code == 200
         text = httpx.get(url + "/metrics").text

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+import orjson
 
 HEADER_LENGTH = "inference-header-content-length"
 DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -51,13 +52,15 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
         raise ProtocolError(f"{HEADER_LENGTH} is not a number: '{header_length}'") from None
     if not 0 <= split <= len(body):
         raise ProtocolError(f"{HEADER_LENGTH} {split} is outside the body ({len(body)} bytes)")
+    view = memoryview(body)  # slices of a view, not copies of a tensor's bytes
     try:
-        header = json.loads(body[:split])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # orjson: a tensor as JSON numbers parses in an eighth of the json module's time (docs/serving.md)
+        header = orjson.loads(view[:split])
+    except orjson.JSONDecodeError as e:
         raise ProtocolError(f"malformed JSON: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
         raise ProtocolError("the request needs an 'inputs' list with at least one tensor")
-    offset, tensors, view = split, [], memoryview(body)  # slices of a view, not copies of a tensor's bytes
+    offset, tensors = split, []
     for spec in header["inputs"]:
         if not isinstance(spec, dict):
             raise ProtocolError("each input must be an object with name, shape, datatype")
