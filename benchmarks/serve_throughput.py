@@ -3,8 +3,9 @@ in one run. Writes JSON (and prints Markdown).
 
     python benchmarks/serve_throughput.py --out benchmarks/results/serve_throughput.json [--soak-minutes 10]
 
-Load generators, each at --users concurrent connections, KServe v2 requests in Triton's binary format (Triton's
-perf_analyzer is what the issue asks for first, but PyPI's `perf-analyzer` is a 0.1.0 placeholder on these machines):
+Load generators, each at --users concurrent connections, KServe v2 requests in Triton's binary format:
+- perf_analyzer (Triton's, C++; `bash benchmarks/perf_analyzer_setup.sh` where pip cannot install PyPI's
+  `perf-analyzer`, as on Debian 12): FP32 tensors only, every output asked for; it fails on any error;
 - wrk (C, one thread, epoll; Debian's `wrk` package, benchmarks/serve_wrk.lua): light enough that the server gets
   most of the cores; it counts non-2xx answers but does not read them;
 - locust (FastHttpUser, headless): a Python process that needs most of a core at these rates, and checks every JPEG
@@ -20,10 +21,12 @@ checked); the server's RSS after warm-up and at the end.
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
 import os
 import resource
+import shlex
 import shutil
 import socket
 import statistics
@@ -33,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from serve_bodies import jpeg_body, tensor_body  # this folder is on sys.path when the script runs
 from shared_data import SHARED
 
@@ -159,6 +163,25 @@ def wrk(url: str, model: str, bodies: list[tuple[bytes, dict]], users: int, seco
             **{k: round(r[k], 1) for k in ("p50_ms", "p90_ms", "p99_ms")}}
 
 
+def perf_analyzer(cmd: str, url: str, model: str, size: int, users: int, seconds: float, tmp: Path, tag: str) -> dict:
+    """Triton's load generator at `users` concurrent requests, each one FP32 tensor (tensor_body's) in its own binary
+    requests, asking for every output; its windows of seconds / 3 repeat until three agree within 10%, and the rate
+    and latencies are theirs."""
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    data, out = tmp / f"{tag}-pa.json", tmp / f"{tag}-pa.csv"
+    data.write_text(json.dumps({"data": [{"input": {"b64": base64.b64encode(x.tobytes()).decode(),
+                                                    "shape": [3, size, size]}}]}))
+    t0 = time.perf_counter()
+    subprocess.run([*shlex.split(cmd), "-m", model, "-u", url.removeprefix("http://"), "-i", "http",
+                    "--concurrency-range", str(users), "--measurement-interval", str(round(seconds * 1000 / 3)),
+                    "--input-data", str(data), "-f", str(out)], check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    r = next(csv.DictReader(open(out)))
+    rate = float(r["Inferences/Second"])
+    return {"requests": round(rate * wall), "failures": 0, "requests_per_s": round(rate, 2),  # fails on an error
+            **{f"p{q}_ms": round(float(r[f"p{q} latency"]) / 1000, 1) for q in (50, 90, 99)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="dla34-imagenette,ese_vovnet19b_dw-imagenette")
@@ -169,7 +192,11 @@ def main() -> None:
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--instances", type=int, default=1, help="engine instances, in the server and engine-only alike")
     ap.add_argument("--soak-minutes", type=float, default=0)
-    ap.add_argument("--load-generators", default=None, help="wrk,locust (default: both where wrk is installed)")
+    ap.add_argument("--load-generators", default=None,
+                    help="wrk,locust,perf_analyzer (default: wrk and locust, where wrk is installed; perf_analyzer "
+                         "runs the FP32-tensor load only)")
+    ap.add_argument("--perf-analyzer", default=None,
+                    help="its command (default: .perf-analyzer/perf_analyzer from perf_analyzer_setup.sh, else PATH)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="engine-only and served FP32-tensor runs, taking turns; each row reports the median ratio")
     ap.add_argument("--serve-args", default="", help="more `cvzoo serve` options, e.g. '--threads 1'")
@@ -183,6 +210,9 @@ def main() -> None:
     from cvzoo.predict import Predictor
     engines = args.engines.split(",") if args.engines else installed_cpu_engines()
     generators = (args.load_generators or ("wrk,locust" if shutil.which("wrk") else "locust")).split(",")
+    jpeg_generators = [g for g in generators if g != "perf_analyzer"]
+    local_pa = HERE.parent / ".perf-analyzer" / "perf_analyzer"
+    pa = args.perf_analyzer or (str(local_pa) if local_pa.exists() else "perf_analyzer")
     rows, first = [], None
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -206,6 +236,8 @@ def main() -> None:
                 def load(gen: str, mode: str, tag: str) -> dict:
                     return with_cpu(proc.pid, lambda: (
                         wrk(url, a.name, bodies[mode], args.users, args.seconds, tmp, tag) if gen == "wrk"
+                        else perf_analyzer(pa, url, a.name, size, args.users, args.seconds, tmp, tag)
+                        if gen == "perf_analyzer"
                         else locust(url, {**env, "CVZOO_MODE": mode}, args.users, args.seconds, tmp, tag)))
                 rounds = []
                 try:
@@ -216,7 +248,7 @@ def main() -> None:
                                      warmup=1.0, instances=args.instances)["results"][0]["throughput_ips"]
                         rounds.append({"engine_only_ips_bmax": round(only, 2),
                                        **{g: load(g, "tensor", f"tensor{i}") for g in generators}})
-                    served = {f"{g}_jpeg": load(g, "jpeg", "jpeg") for g in generators}
+                    served = {f"{g}_jpeg": load(g, "jpeg", "jpeg") for g in jpeg_generators}
                     rss = rss_mb(proc.pid)
                 finally:
                     proc.terminate()
@@ -235,7 +267,7 @@ def main() -> None:
                        "served_vs_engine_only": {g: round(statistics.median(ratios[g]), 3) for g in generators},
                        "served_vs_engine_only_rounds": {g: [round(x, 3) for x in ratios[g]] for g in generators},
                        "served_jpeg_vs_bench_images": {g: round(served[f"{g}_jpeg"]["requests_per_s"] / e2e, 3)
-                                                       for g in generators},
+                                                       for g in jpeg_generators},
                        "server_rss_mb": round(rss, 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -267,12 +299,13 @@ def markdown(report: dict) -> str:
              "| served JPEG / bench --images |", "|" + "---|" * 9]
     for r in report["rows"]:
         for g in report["load_generators"]:
-            t, j = r["served"][f"{g}_tensor"], r["served"][f"{g}_jpeg"]
+            t, j = r["served"][f"{g}_tensor"], r["served"].get(f"{g}_jpeg")
+            jpeg = (f"{j['requests_per_s']:.1f} ({j['p50_ms']:.0f} / {j['p90_ms']:.0f} / {j['p99_ms']:.0f}) | "
+                    f"{r['served_jpeg_vs_bench_images'][g]:.2f}" if j else "- | -")
             lines.append(f"| {r['model']} | {r['engine']} | {g} | {r['engine_only_ips_b1']:.1f} / "
                          f"{r['engine_only_ips_bmax']:.1f} | {t['requests_per_s']:.1f} ({t['p50_ms']:.0f} / "
                          f"{t['p90_ms']:.0f} / {t['p99_ms']:.0f}) | {r['served_vs_engine_only'][g]:.2f} | "
-                         f"{r['bench_images_ips']:.1f} | {j['requests_per_s']:.1f} ({j['p50_ms']:.0f} / "
-                         f"{j['p90_ms']:.0f} / {j['p99_ms']:.0f}) | {r['served_jpeg_vs_bench_images'][g]:.2f} |")
+                         f"{r['bench_images_ips']:.1f} | {jpeg} |")
     return "\n".join(lines)
 
 

@@ -78,6 +78,10 @@ def test_tritonclient_speaks_to_it(server, artifacts):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(LITE0)
     meta = client.get_model_metadata(LITE0)
     assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}
+    config = client.get_model_config(LITE0)  # Triton's model configuration, as perf_analyzer reads it
+    assert config["max_batch_size"] == 8 and config["instance_group"] == [{"count": 2}]
+    assert [(i["name"], i["dims"], i["optional"]) for i in config["input"]] == [("input", [3, 224, 224], True),
+                                                                                 ("image", [1], True)]
     files = demo_images()[:3]
     x = _pixels(files)
     want = load_engine(artifacts(LITE0)).run(x)
@@ -87,10 +91,14 @@ def test_tritonclient_speaks_to_it(server, artifacts):
         res = client.infer(LITE0, [inp], outputs=[tc.InferRequestedOutput("logits", binary_data=binary)])
         np.testing.assert_allclose(res.as_numpy("logits"), want[:n], atol=1e-4)
     # encoded images in, classification out: decoded and preprocessed exactly as `predict` does
-    img = tc.InferInput("image", [len(files)], "BYTES")
-    img.set_data_from_numpy(np.array([f.read_bytes() for f in files], dtype=np.object_))
+    img = tc.InferInput("image", [len(files), 1], "BYTES")  # the metadata's shape; [N] is read too
+    img.set_data_from_numpy(np.array([[f.read_bytes()] for f in files], dtype=np.object_))
     res = client.infer(LITE0, [img], outputs=[tc.InferRequestedOutput("probabilities", class_count=5)])
     top = res.as_numpy("probabilities")
+    flat = tc.InferInput("image", [len(files)], "BYTES")
+    flat.set_data_from_numpy(np.array([f.read_bytes() for f in files], dtype=np.object_))
+    np.testing.assert_array_equal(client.infer(LITE0, [flat], outputs=[tc.InferRequestedOutput(
+        "probabilities", class_count=5)]).as_numpy("probabilities"), top)
     pred = Predictor(artifacts(LITE0))
     for f, row in zip(files, top):
         p = pred.predict(f)

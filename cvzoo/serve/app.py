@@ -139,11 +139,15 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
         metrics.images.labels(s.name).inc(len(x))
         return out
 
+    def platform(s: Served) -> str:
+        return f"cvzoo_{s.artifact.manifest.engine or 'onnxruntime'}"
+
     # ------------------------------------------------------------------ KServe v2
     @app.get("/v2")
     async def server_metadata():
         from .. import __version__
-        return {"name": "cvzoo", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+        return {"name": "cvzoo", "version": __version__,
+                "extensions": ["binary_tensor_data", "classification", "model_configuration"]}
 
     @app.get("/v2/health/live")
     async def live():
@@ -159,9 +163,9 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
         s = model(name)
         a = s.artifact
         n = len(s.classes)
-        return {"name": s.name, "versions": ["1"], "platform": f"cvzoo_{a.manifest.engine or 'onnxruntime'}",
+        return {"name": s.name, "versions": ["1"], "platform": platform(s),
                 "inputs": [{"name": a.input_name, "datatype": "FP32", "shape": [-1, 3, s.size, s.size]},
-                           {"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                           {"name": "image", "datatype": "BYTES", "shape": [-1, 1]}],  # [N] is read too
                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
                             {"name": "topk_indices", "datatype": "INT64", "shape": [-1, -1]},
@@ -169,6 +173,25 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
                             {"name": "topk_names", "datatype": "BYTES", "shape": [-1, -1]}],
                 "parameters": {"precision": a.precision, "preprocessing": a.preprocessing.model_dump(mode="json"),
                                "topk_default": DEFAULT_TOPK}}
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: Optional[str] = None):
+        """Triton's model configuration extension, which Triton's perf_analyzer reads: the batch limit, the dynamic
+        batching, and both inputs optional (a request carries one of them)."""
+        s = model(name)
+        b, n = s.batcher, len(s.classes)
+        return {"name": s.name, "platform": platform(s), "max_batch_size": b.max_batch,
+                "input": [{"name": s.artifact.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
+                           "dims": [3, s.size, s.size], "optional": True},
+                          {"name": "image", "data_type": "TYPE_STRING", "dims": [1], "optional": True}],
+                "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [n]},
+                           {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [n]},
+                           {"name": "topk_indices", "data_type": "TYPE_INT64", "dims": [-1]},
+                           {"name": "topk_probabilities", "data_type": "TYPE_FP32", "dims": [-1]},
+                           {"name": "topk_names", "data_type": "TYPE_STRING", "dims": [-1]}],
+                "dynamic_batching": {"max_queue_delay_microseconds": round(b.max_delay * 1e6)},
+                "instance_group": [{"count": len(b.engines)}]}
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
