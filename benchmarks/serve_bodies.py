@@ -11,9 +11,14 @@ def v2_binary(header: dict, blob: bytes) -> tuple[bytes, dict]:
     return js + blob, {"Inference-Header-Content-Length": str(len(js)), "Content-Type": "application/octet-stream"}
 
 
+def seeded_image(size: int) -> np.ndarray:
+    """The one preprocessed FP32 image (1, 3, size, size) every tensor load sends."""
+    return np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+
+
 def tensor_body(size: int) -> tuple[bytes, dict]:
-    """One seeded preprocessed FP32 image (NCHW) asking for the top-1."""
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32).tobytes()
+    """seeded_image in Triton's binary format, asking for the top-1."""
+    x = seeded_image(size).tobytes()
     return v2_binary({"inputs": [{"name": "input", "shape": [1, 3, size, size], "datatype": "FP32",
                                   "parameters": {"binary_data_size": len(x)}}],
                       "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, x)
@@ -21,9 +26,8 @@ def tensor_body(size: int) -> tuple[bytes, dict]:
 
 def tensor_json_body(size: int) -> tuple[bytes, dict]:
     """tensor_body's request with the image as JSON numbers instead of binary data."""
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
     return v2_binary({"inputs": [{"name": "input", "shape": [1, 3, size, size], "datatype": "FP32",
-                                  "data": x.reshape(-1).tolist()}],
+                                  "data": seeded_image(size).reshape(-1).tolist()}],
                       "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, b"")
 
 

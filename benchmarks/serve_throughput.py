@@ -36,8 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from serve_bodies import jpeg_body, tensor_body  # this folder is on sys.path when the script runs
+from serve_bodies import jpeg_body, seeded_image, tensor_body  # this folder is on sys.path when the script runs
 from shared_data import SHARED
 
 HERE = Path(__file__).resolve().parent
@@ -167,9 +166,8 @@ def perf_analyzer(cmd: str, url: str, model: str, size: int, users: int, seconds
     """Triton's load generator at `users` concurrent requests, each one FP32 tensor (tensor_body's) in its own binary
     requests, asking for every output; its windows of seconds / 3 repeat until three agree within 10%, and the rate
     and latencies are theirs."""
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
     data, out = tmp / f"{tag}-pa.json", tmp / f"{tag}-pa.csv"
-    data.write_text(json.dumps({"data": [{"input": {"b64": base64.b64encode(x.tobytes()).decode(),
+    data.write_text(json.dumps({"data": [{"input": {"b64": base64.b64encode(seeded_image(size).tobytes()).decode(),
                                                     "shape": [3, size, size]}}]}))
     t0 = time.perf_counter()
     subprocess.run([*shlex.split(cmd), "-m", model, "-u", url.removeprefix("http://"), "-i", "http",

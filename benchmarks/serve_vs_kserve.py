@@ -28,7 +28,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from serve_bodies import TENSOR_BODIES  # this folder is on sys.path when the script runs
+from serve_bodies import TENSOR_BODIES, seeded_image  # this folder is on sys.path when the script runs
 from serve_throughput import HERE, int8_artifact, port, start_server, wait_ready, with_cpu, wrk
 
 KSERVE = "kserve==0.21.0"
@@ -82,8 +82,6 @@ def main() -> None:
     ap.add_argument("--kserve-venv", type=Path, default=HERE.parent / ".venv-kserve")
     ap.add_argument("--out", default="benchmarks/results/serve_vs_kserve.json")
     args = ap.parse_args()
-    import numpy as np
-
     from cvzoo.artifact import Artifact
     from cvzoo.bench import bench
     from cvzoo.engines import installed_cpu_engines, load_engine
@@ -100,8 +98,7 @@ def main() -> None:
                 a = Artifact.load(art)
                 size = a.preprocessing.input_size
                 bodies = {fmt: make(size) for fmt, make in TENSOR_BODIES.items()}
-                x = np.frombuffer(bodies["binary"][0][-3 * size * size * 4:], np.float32).reshape(1, 3, size, size)
-                expected = int(load_engine(a, engine, threads=threads).run(x).argmax())
+                expected = int(load_engine(a, engine, threads=threads).run(seeded_image(size)).argmax())
                 procs = {"cvzoo": start_server(art, engine, args.max_batch, 2.0, 1),
                          **{k: start_kserve(py, art, engine, threads, how, tmp / f"{k}.log")
                             for k, how in (("kserve", "loop"), ("kserve_thread", "thread"))}}
