@@ -5,7 +5,7 @@ in one run. Writes JSON (and prints Markdown).
 
 Load generators, each at --users concurrent connections, KServe v2 requests in Triton's binary format:
 - perf_analyzer (Triton's, C++; `bash benchmarks/perf_analyzer_setup.sh` where pip cannot install PyPI's
-  `perf-analyzer`, as on Debian 12): FP32 tensors only, every output asked for; it fails on any error;
+  `perf-analyzer`, as on Debian 12): every output asked for; it fails on any error;
 - wrk (C, one thread, epoll; Debian's `wrk` package, benchmarks/serve_wrk.lua): light enough that the server gets
   most of the cores; it counts non-2xx answers but does not read them;
 - locust (FastHttpUser, headless): a Python process that needs most of a core at these rates, and checks every JPEG
@@ -162,13 +162,23 @@ def wrk(url: str, model: str, bodies: list[tuple[bytes, dict]], users: int, seco
             **{k: round(r[k], 1) for k in ("p50_ms", "p90_ms", "p99_ms")}}
 
 
-def perf_analyzer(cmd: str, url: str, model: str, size: int, users: int, seconds: float, tmp: Path, tag: str) -> dict:
-    """Triton's load generator at `users` concurrent requests, each one FP32 tensor (tensor_body's) in its own binary
-    requests, asking for every output; its windows of seconds / 3 repeat until three agree within 10%, and the rate
-    and latencies are theirs."""
+def perf_analyzer_data(size: int, jpegs: list[Path]) -> dict[str, list[dict]]:
+    """perf_analyzer's --input-data, by mode: the seeded FP32 tensor, or each JPEG as the `image` input alone (its
+    b64 is the raw BYTES tensor: a 4-byte length, then the file)."""
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+    return {"tensor": [{"input": {"b64": b64(seeded_image(size).tobytes()), "shape": [3, size, size]}}],
+            "jpeg": [{"image": {"b64": b64(len(d).to_bytes(4, "little") + d), "shape": [1]}}
+                     for d in (f.read_bytes() for f in jpegs)]}
+
+
+def perf_analyzer(cmd: str, url: str, model: str, inputs: list[dict], users: int, seconds: float, tmp: Path,
+                  tag: str) -> dict:
+    """Triton's load generator at `users` concurrent requests, cycling over `inputs` (perf_analyzer_data's), asking
+    for every output; its windows of seconds / 3 repeat until three agree within 10%, and the rate and latencies are
+    theirs."""
     data, out = tmp / f"{tag}-pa.json", tmp / f"{tag}-pa.csv"
-    data.write_text(json.dumps({"data": [{"input": {"b64": base64.b64encode(seeded_image(size).tobytes()).decode(),
-                                                    "shape": [3, size, size]}}]}))
+    data.write_text(json.dumps({"data": inputs}))
     t0 = time.perf_counter()
     subprocess.run([*shlex.split(cmd), "-m", model, "-u", url.removeprefix("http://"), "-i", "http",
                     "--concurrency-range", str(users), "--measurement-interval", str(round(seconds * 1000 / 3)),
@@ -191,8 +201,7 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1, help="engine instances, in the server and engine-only alike")
     ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--load-generators", default=None,
-                    help="wrk,locust,perf_analyzer (default: wrk and locust, where wrk is installed; perf_analyzer "
-                         "runs the FP32-tensor load only)")
+                    help="wrk,locust,perf_analyzer (default: wrk and locust, where wrk is installed)")
     ap.add_argument("--perf-analyzer", default=None,
                     help="its command (default: .perf-analyzer/perf_analyzer from perf_analyzer_setup.sh, else PATH)")
     ap.add_argument("--rounds", type=int, default=3,
@@ -208,7 +217,6 @@ def main() -> None:
     from cvzoo.predict import Predictor
     engines = args.engines.split(",") if args.engines else installed_cpu_engines()
     generators = (args.load_generators or ("wrk,locust" if shutil.which("wrk") else "locust")).split(",")
-    jpeg_generators = [g for g in generators if g != "perf_analyzer"]
     local_pa = HERE.parent / ".perf-analyzer" / "perf_analyzer"
     pa = args.perf_analyzer or (str(local_pa) if local_pa.exists() else "perf_analyzer")
     rows, first = [], None
@@ -230,11 +238,12 @@ def main() -> None:
                                          *args.serve_args.split())
                 env = {"CVZOO_MODEL": a.name, "CVZOO_SIZE": str(size), "CVZOO_FILES": json.dumps(expected)}
                 bodies = {"tensor": [tensor_body(size)], "jpeg": [jpeg_body(f.read_bytes()) for f in files]}
+                pa_data = perf_analyzer_data(size, files) if "perf_analyzer" in generators else {}
 
                 def load(gen: str, mode: str, tag: str) -> dict:
                     return with_cpu(proc.pid, lambda: (
                         wrk(url, a.name, bodies[mode], args.users, args.seconds, tmp, tag) if gen == "wrk"
-                        else perf_analyzer(pa, url, a.name, size, args.users, args.seconds, tmp, tag)
+                        else perf_analyzer(pa, url, a.name, pa_data[mode], args.users, args.seconds, tmp, tag)
                         if gen == "perf_analyzer"
                         else locust(url, {**env, "CVZOO_MODE": mode}, args.users, args.seconds, tmp, tag)))
                 rounds = []
@@ -246,7 +255,7 @@ def main() -> None:
                                      warmup=1.0, instances=args.instances)["results"][0]["throughput_ips"]
                         rounds.append({"engine_only_ips_bmax": round(only, 2),
                                        **{g: load(g, "tensor", f"tensor{i}") for g in generators}})
-                    served = {f"{g}_jpeg": load(g, "jpeg", "jpeg") for g in jpeg_generators}
+                    served = {f"{g}_jpeg": load(g, "jpeg", "jpeg") for g in generators}
                     rss = rss_mb(proc.pid)
                 finally:
                     proc.terminate()
@@ -265,7 +274,7 @@ def main() -> None:
                        "served_vs_engine_only": {g: round(statistics.median(ratios[g]), 3) for g in generators},
                        "served_vs_engine_only_rounds": {g: [round(x, 3) for x in ratios[g]] for g in generators},
                        "served_jpeg_vs_bench_images": {g: round(served[f"{g}_jpeg"]["requests_per_s"] / e2e, 3)
-                                                       for g in jpeg_generators},
+                                                       for g in generators},
                        "server_rss_mb": round(rss, 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -297,13 +306,12 @@ def markdown(report: dict) -> str:
              "| served JPEG / bench --images |", "|" + "---|" * 9]
     for r in report["rows"]:
         for g in report["load_generators"]:
-            t, j = r["served"][f"{g}_tensor"], r["served"].get(f"{g}_jpeg")
-            jpeg = (f"{j['requests_per_s']:.1f} ({j['p50_ms']:.0f} / {j['p90_ms']:.0f} / {j['p99_ms']:.0f}) | "
-                    f"{r['served_jpeg_vs_bench_images'][g]:.2f}" if j else "- | -")
+            t, j = r["served"][f"{g}_tensor"], r["served"][f"{g}_jpeg"]
             lines.append(f"| {r['model']} | {r['engine']} | {g} | {r['engine_only_ips_b1']:.1f} / "
                          f"{r['engine_only_ips_bmax']:.1f} | {t['requests_per_s']:.1f} ({t['p50_ms']:.0f} / "
                          f"{t['p90_ms']:.0f} / {t['p99_ms']:.0f}) | {r['served_vs_engine_only'][g]:.2f} | "
-                         f"{r['bench_images_ips']:.1f} | {jpeg} |")
+                         f"{r['bench_images_ips']:.1f} | {j['requests_per_s']:.1f} ({j['p50_ms']:.0f} / "
+                         f"{j['p90_ms']:.0f} / {j['p99_ms']:.0f}) | {r['served_jpeg_vs_bench_images'][g]:.2f} |")
     return "\n".join(lines)
 
 
