@@ -25,7 +25,10 @@ from ..preprocess import decode
 from .batcher import BatchStats, Batcher, EngineError
 from .protocol import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
 
-OUTPUTS = ("logits", "probabilities", "topk_indices", "topk_probabilities", "topk_names")
+# each output's datatype and its length per image (None: the number of classes, -1: the request's top-k); the
+# metadata, the model configuration and the answers all read it
+OUTPUTS = {"logits": ("FP32", None), "probabilities": ("FP32", None), "topk_indices": ("INT64", -1),
+           "topk_probabilities": ("FP32", -1), "topk_names": ("BYTES", -1)}
 DEFAULT_TOPK = 5
 log = logging.getLogger(__name__)
 
@@ -166,11 +169,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
         return {"name": s.name, "versions": ["1"], "platform": platform(s),
                 "inputs": [{"name": a.input_name, "datatype": "FP32", "shape": [-1, 3, s.size, s.size]},
                            {"name": "image", "datatype": "BYTES", "shape": [-1, 1]}],  # [N] is read too
-                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
-                            {"name": "topk_indices", "datatype": "INT64", "shape": [-1, -1]},
-                            {"name": "topk_probabilities", "datatype": "FP32", "shape": [-1, -1]},
-                            {"name": "topk_names", "datatype": "BYTES", "shape": [-1, -1]}],
+                "outputs": [{"name": o, "datatype": t, "shape": [-1, d or n]} for o, (t, d) in OUTPUTS.items()],
                 "parameters": {"precision": a.precision, "preprocessing": a.preprocessing.model_dump(mode="json"),
                                "topk_default": DEFAULT_TOPK}}
 
@@ -185,11 +184,8 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
                 "input": [{"name": s.artifact.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
                            "dims": [3, s.size, s.size], "optional": True},
                           {"name": "image", "data_type": "TYPE_STRING", "dims": [1], "optional": True}],
-                "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [n]},
-                           {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [n]},
-                           {"name": "topk_indices", "data_type": "TYPE_INT64", "dims": [-1]},
-                           {"name": "topk_probabilities", "data_type": "TYPE_FP32", "dims": [-1]},
-                           {"name": "topk_names", "data_type": "TYPE_STRING", "dims": [-1]}],
+                "output": [{"name": o, "data_type": "TYPE_STRING" if t == "BYTES" else f"TYPE_{t}", "dims": [d or n]}
+                           for o, (t, d) in OUTPUTS.items()],
                 "dynamic_batching": {"max_queue_delay_microseconds": round(b.max_delay * 1e6)},
                 "instance_group": [{"count": len(b.engines)}]}
 
@@ -253,17 +249,17 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
         asked = header.get("outputs") or [{"name": n} for n in OUTPUTS]
         probs = cache(lambda: softmax(logits).astype(np.float32))
         best = cache(lambda: topk(probs(), k))
-        full = {"logits": lambda: ("FP32", logits.astype(np.float32)), "probabilities": lambda: ("FP32", probs()),
-                "topk_indices": lambda: ("INT64", best()[0].astype(np.int64)),
-                "topk_probabilities": lambda: ("FP32", best()[1].astype(np.float32)),
-                "topk_names": lambda: ("BYTES", np.array([[s.classes[i].encode() for i in row] for row in best()[0]],
-                                                         dtype=object))}
+        full = {"logits": lambda: logits.astype(np.float32), "probabilities": probs,
+                "topk_indices": lambda: best()[0].astype(np.int64),
+                "topk_probabilities": lambda: best()[1].astype(np.float32),
+                "topk_names": lambda: np.array([[s.classes[i].encode() for i in row] for row in best()[0]],
+                                               dtype=object)}
         outputs, binary = [], set()
         for o in asked:
             oname = o.get("name") if isinstance(o, dict) else None
             if oname not in full:
                 raise HTTPError(400, f"unknown output {oname!r} (outputs: {', '.join(OUTPUTS)})")
-            dtype, arr = full[oname]()
+            dtype, arr = OUTPUTS[oname][0], full[oname]()
             cls = (o.get("parameters") or {}).get("classification")
             if cls:  # Triton's classification extension: "value:index:label", best first
                 if oname not in ("logits", "probabilities"):
