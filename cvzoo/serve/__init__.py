@@ -88,4 +88,5 @@ def serve(models: Sequence[Union[str, Path]], host: str = "127.0.0.1", port: int
         say(f"serving {s.name} ({s.artifact.precision}, {s.artifact.folder}): {instances} instance(s), batches up to "
             f"{max_batch} within {max_delay_ms:g} ms")
     say(f"http://{host}:{port}/ (page), /v2 (KServe v2), /v1/predict, /metrics")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    # no access log: its line per request was built even at log level warning, which drops it
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
