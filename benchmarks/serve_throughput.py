@@ -13,8 +13,10 @@ Load generators, each at --users concurrent connections, KServe v2 requests in T
 For each fixture x engine: the default guarded int8 build (calibrated on ../shared/data/imagenet-sample); engine-only
 images/s at batch 1 (`cvzoo bench`, --instances); then --rounds rounds, each engine-only at --max-batch followed by the
 server under each generator with one FP32 tensor per request: each round's ratio cancels the machine's drift, and the
-row reports the median; then one JPEG per request (Imagenette val), against `cvzoo bench --images`. Each served run
-records where the CPU went: the server's event loop, its other threads (engines, decoding), the load generator, idle.
+row reports the median, an interval that holds the true median with at least 90% probability (paired_rounds.py) and
+whether that lies above or below --target; then one JPEG per request (Imagenette val), against `cvzoo bench
+--images`. Each served run records where the CPU went: the server's event loop, its other threads (engines,
+decoding), the load generator, idle.
 --soak-minutes: the first model at concurrency 32 with 5% bad requests mixed in (locust: every good answer's top-1
 checked); the server's RSS after warm-up and at the end.
 """
@@ -36,7 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from serve_bodies import jpeg_body, seeded_image, tensor_body  # this folder is on sys.path when the script runs
+from paired_rounds import median_interval, verdict  # this folder is on sys.path when the script runs
+from serve_bodies import jpeg_body, seeded_image, tensor_body
 from shared_data import SHARED
 
 HERE = Path(__file__).resolve().parent
@@ -173,21 +176,33 @@ def perf_analyzer_data(size: int, jpegs: list[Path]) -> dict[str, list[dict]]:
 
 
 def perf_analyzer(cmd: str, url: str, model: str, inputs: list[dict], users: int, seconds: float, tmp: Path,
-                  tag: str) -> dict:
+                  tag: str, tries: int = 3) -> dict:
     """Triton's load generator at `users` concurrent requests, cycling over `inputs` (perf_analyzer_data's), asking
-    for every output; its windows of seconds / 3 repeat until three agree within 10%, and the rate and latencies are
-    theirs."""
+    for every output; its windows of seconds / 3 repeat until three agree within 10% (at most 20 windows), and the
+    rate and latencies are theirs. A run that ends in error is run again, up to `tries` times in all, and its message
+    kept in the result (`retried`)."""
     data, out = tmp / f"{tag}-pa.json", tmp / f"{tag}-pa.csv"
     data.write_text(json.dumps({"data": inputs}))
-    t0 = time.perf_counter()
-    subprocess.run([*shlex.split(cmd), "-m", model, "-u", url.removeprefix("http://"), "-i", "http",
-                    "--concurrency-range", str(users), "--measurement-interval", str(round(seconds * 1000 / 3)),
-                    "--input-data", str(data), "-f", str(out)], check=True, capture_output=True)
-    wall = time.perf_counter() - t0
+    retried = []
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        run = subprocess.run([*shlex.split(cmd), "-m", model, "-u", url.removeprefix("http://"), "-i", "http",
+                              "--concurrency-range", str(users), "--measurement-interval",
+                              str(round(seconds * 1000 / 3)), "--max-trials", "20", "--input-data", str(data),
+                              "-f", str(out)], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if run.returncode == 0:
+            break
+        said = [line for line in (run.stderr.strip() or run.stdout.strip()).splitlines() if line.strip()]
+        retried.append(f"exit {run.returncode}: {said[-1].strip() if said else 'no output'}")
+        print(f"perf_analyzer {tag}: {retried[-1]}", file=sys.stderr, flush=True)
+    else:
+        raise RuntimeError(f"perf_analyzer failed {tries} times; last: {retried[-1]}")
     r = next(csv.DictReader(open(out)))
     rate = float(r["Inferences/Second"])
     return {"requests": round(rate * wall), "failures": 0, "requests_per_s": round(rate, 2),  # fails on an error
-            **{f"p{q}_ms": round(float(r[f"p{q} latency"]) / 1000, 1) for q in (50, 90, 99)}}
+            **{f"p{q}_ms": round(float(r[f"p{q} latency"]) / 1000, 1) for q in (50, 90, 99)},
+            **({"retried": retried} if retried else {})}
 
 
 def main() -> None:
@@ -195,7 +210,7 @@ def main() -> None:
     ap.add_argument("--models", default="dla34-imagenette,ese_vovnet19b_dw-imagenette")
     ap.add_argument("--engines", default=None, help="default: the CPU engines installed")
     ap.add_argument("--users", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--seconds", type=float, default=10, help="each served run; engine-only runs half of it")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--instances", type=int, default=1, help="engine instances, in the server and engine-only alike")
@@ -204,8 +219,10 @@ def main() -> None:
                     help="wrk,locust,perf_analyzer (default: wrk and locust, where wrk is installed)")
     ap.add_argument("--perf-analyzer", default=None,
                     help="its command (default: .perf-analyzer/perf_analyzer from perf_analyzer_setup.sh, else PATH)")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="engine-only and served FP32-tensor runs, taking turns; each row reports the median ratio")
+    ap.add_argument("--rounds", type=int, default=9,
+                    help="engine-only and served FP32-tensor runs, taking turns; each row reports the median ratio "
+                         "(5 or more for a 90%% interval)")
+    ap.add_argument("--target", type=float, default=0.9, help="served / engine-only at --max-batch to reach")
     ap.add_argument("--serve-args", default="", help="more `cvzoo serve` options, e.g. '--threads 1'")
     ap.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = ap.parse_args()
@@ -273,6 +290,10 @@ def main() -> None:
                        "bench_images_ips": round(e2e, 2), "rounds": rounds, "served": served,
                        "served_vs_engine_only": {g: round(statistics.median(ratios[g]), 3) for g in generators},
                        "served_vs_engine_only_rounds": {g: [round(x, 3) for x in ratios[g]] for g in generators},
+                       "served_vs_engine_only_interval": {g: [round(v, 3) for v in median_interval(ratios[g])]
+                                                          for g in generators},
+                       "target": args.target,
+                       "target_verdict": {g: verdict(ratios[g], args.target) for g in generators},
                        "served_jpeg_vs_bench_images": {g: round(served[f"{g}_jpeg"]["requests_per_s"] / e2e, 3)
                                                        for g in generators},
                        "server_rss_mb": round(rss, 1)}
@@ -302,14 +323,16 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     lines = ["| model | engine | load generator | engine-only b1 / bmax img/s | served tensor img/s (p50 / p90 / p99 ms) "
-             "| served / engine-only bmax | bench --images img/s | served JPEG img/s (p50 / p90 / p99 ms) "
-             "| served JPEG / bench --images |", "|" + "---|" * 9]
+             "| served / engine-only bmax: median [interval] | target | bench --images img/s "
+             "| served JPEG img/s (p50 / p90 / p99 ms) | served JPEG / bench --images |", "|" + "---|" * 10]
     for r in report["rows"]:
         for g in report["load_generators"]:
             t, j = r["served"][f"{g}_tensor"], r["served"][f"{g}_jpeg"]
+            low, high, cov = r["served_vs_engine_only_interval"][g]
             lines.append(f"| {r['model']} | {r['engine']} | {g} | {r['engine_only_ips_b1']:.1f} / "
                          f"{r['engine_only_ips_bmax']:.1f} | {t['requests_per_s']:.1f} ({t['p50_ms']:.0f} / "
-                         f"{t['p90_ms']:.0f} / {t['p99_ms']:.0f}) | {r['served_vs_engine_only'][g]:.2f} | "
+                         f"{t['p90_ms']:.0f} / {t['p99_ms']:.0f}) | {r['served_vs_engine_only'][g]:.2f} "
+                         f"[{low:.2f}, {high:.2f}; {cov:.0%}] | {r['target_verdict'][g]} {r['target']:g} | "
                          f"{r['bench_images_ips']:.1f} | {j['requests_per_s']:.1f} ({j['p50_ms']:.0f} / "
                          f"{j['p90_ms']:.0f} / {j['p99_ms']:.0f}) | {r['served_jpeg_vs_bench_images'][g]:.2f} |")
     return "\n".join(lines)
