@@ -21,9 +21,10 @@ def median_interval(values: list[float], confidence: float = 0.9) -> tuple[float
     return x[j - 1], x[n - j], coverage(j)
 
 
-def verdict(values: list[float], target: float, confidence: float = 0.9) -> str:
-    """'met' when the interval lies at or above `target`, 'missed' when below it, else 'undecided'."""
-    low, high, cov = median_interval(values, confidence)
+def verdict(interval: tuple[float, float, float], target: float, confidence: float = 0.9) -> str:
+    """Of median_interval's (low, high, coverage): 'met' when it lies at or above `target`, 'missed' when below it,
+    else (or with less than `confidence`) 'undecided'."""
+    low, high, cov = interval
     if cov < confidence:
         return "undecided"
     return "met" if low >= target else "missed" if high < target else "undecided"

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 
+from cvzoo.serve.protocol import encode_bytes
+
 
 def v2_binary(header: dict, blob: bytes) -> tuple[bytes, dict]:
     js = json.dumps(header).encode()
@@ -33,7 +35,7 @@ def tensor_json_body(size: int) -> tuple[bytes, dict]:
 
 def jpeg_body(data: bytes) -> tuple[bytes, dict]:
     """One encoded image as the `image` BYTES input (4-byte length prefix) asking for the top-1."""
-    blob = len(data).to_bytes(4, "little") + data
+    blob = encode_bytes([data])
     return v2_binary({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                                   "parameters": {"binary_data_size": len(blob)}}],
                       "outputs": [{"name": "topk_indices"}], "parameters": {"topk": 1}}, blob)

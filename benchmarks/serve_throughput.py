@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cvzoo.serve.protocol import encode_bytes
 from paired_rounds import median_interval, verdict  # this folder is on sys.path when the script runs
 from serve_bodies import jpeg_body, seeded_image, tensor_body
 from shared_data import SHARED
@@ -171,8 +172,7 @@ def perf_analyzer_data(size: int, jpegs: list[Path]) -> dict[str, list[dict]]:
     def b64(raw: bytes) -> str:
         return base64.b64encode(raw).decode()
     return {"tensor": [{"input": {"b64": b64(seeded_image(size).tobytes()), "shape": [3, size, size]}}],
-            "jpeg": [{"image": {"b64": b64(len(d).to_bytes(4, "little") + d), "shape": [1]}}
-                     for d in (f.read_bytes() for f in jpegs)]}
+            "jpeg": [{"image": {"b64": b64(encode_bytes([f.read_bytes()])), "shape": [1]}} for f in jpegs]}
 
 
 def perf_analyzer(cmd: str, url: str, model: str, inputs: list[dict], users: int, seconds: float, tmp: Path,
@@ -278,6 +278,7 @@ def main() -> None:
                     proc.terminate()
                     proc.wait(timeout=60)
                 ratios = {g: [r[g]["requests_per_s"] / r["engine_only_ips_bmax"] for r in rounds] for g in generators}
+                intervals = {g: median_interval(ratios[g]) for g in generators}
                 for g in generators:  # the round with the median ratio stands for the row
                     middle = sorted(range(len(rounds)), key=ratios[g].__getitem__)[len(rounds) // 2]
                     served[f"{g}_tensor"] = rounds[middle][g]
@@ -290,10 +291,9 @@ def main() -> None:
                        "bench_images_ips": round(e2e, 2), "rounds": rounds, "served": served,
                        "served_vs_engine_only": {g: round(statistics.median(ratios[g]), 3) for g in generators},
                        "served_vs_engine_only_rounds": {g: [round(x, 3) for x in ratios[g]] for g in generators},
-                       "served_vs_engine_only_interval": {g: [round(v, 3) for v in median_interval(ratios[g])]
-                                                          for g in generators},
+                       "served_vs_engine_only_interval": {g: [round(v, 3) for v in intervals[g]] for g in generators},
                        "target": args.target,
-                       "target_verdict": {g: verdict(ratios[g], args.target) for g in generators},
+                       "target_verdict": {g: verdict(intervals[g], args.target) for g in generators},
                        "served_jpeg_vs_bench_images": {g: round(served[f"{g}_jpeg"]["requests_per_s"] / e2e, 3)
                                                        for g in generators},
                        "server_rss_mb": round(rss, 1)}
