@@ -14,7 +14,9 @@ benchmark_app is given `-infer_precision` = what cvzoo's engine computes for tha
 artifact runs in f32, and OpenVINO runs a QDQ graph's int8 layers in int8 either way). Its defaults are measured too
 on the fp32 model, because on a CPU with bf16 or fp16 units they compute in that precision: a faster number that is
 not the fp32 model's accuracy. The tools take turns, `--rounds` times; each round's ratio is taken and the median
-reported, so drift of the machine between rounds cancels. Run on an idle machine.
+reported, so drift of the machine between rounds cancels, with the interval that holds the true median with at least
+90% probability (paired_rounds.py: 5 rounds or more; with 3, the range of the rounds holds it only 75% of the time).
+Run on an idle machine.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from cvzoo.build import build
 from cvzoo.buildconfig import parse_config
 from cvzoo.machine import machine_info, physical_cores
 from cvzoo.postprocess import write_text_atomic
+from paired_rounds import median_interval  # this folder is on sys.path when the script runs
 from shared_data import SHARED
 
 SEED_MODELS = ["dla34", "ese_vovnet19b_dw", "cspresnet50", "efficientnetv2_rw_t"]
@@ -69,8 +72,8 @@ def benchmark_app_point(tool: str, art: Path, size: int, hint: str, batch: int, 
             "infer_requests": int(setup["number of parallel infer requests"]), "command": " ".join(cmd[1:])}
 
 
-def median_ratio(a: list[dict], b: list[dict], key: str) -> float:
-    return statistics.median(x[key] / y[key] for x, y in zip(a, b))
+def ratios(a: list[dict], b: list[dict], key: str) -> list[float]:
+    return [x[key] / y[key] for x, y in zip(a, b)]
 
 
 def main() -> None:
@@ -78,7 +81,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(SEED_MODELS))
     ap.add_argument("--calib", default=str(SHARED / "imagenet-sample"))
     ap.add_argument("--seconds", type=int, default=4, help="per measurement (whole seconds: benchmark_app's -t)")
-    ap.add_argument("--rounds", type=int, default=3, help="turns each tool takes per point")
+    ap.add_argument("--rounds", type=int, default=5, help="turns each tool takes per point")
     ap.add_argument("--out", default="benchmarks/results/bench_vs_benchmark_app.json")
     ap.add_argument("--table", help="print the Markdown table of an earlier run's JSON, run nothing")
     args = ap.parse_args()
@@ -106,14 +109,17 @@ def main() -> None:
                                                           ours[-1]["computes"]))
                         if tag == "fp32":
                             defaults.append(benchmark_app_point(tool, art, size, hint, batch, args.seconds, None))
+                    ips = ratios(ours, theirs, "throughput_ips")
                     row = {"model": name, "input_size": size,
                            "precision": tag, "hint": hint, "batch": batch,
                            "cvzoo": ours, "benchmark_app": theirs,
-                           "cvzoo_vs_benchmark_app_ips": median_ratio(ours, theirs, "throughput_ips"),
-                           "cvzoo_vs_benchmark_app_p50": median_ratio(ours, theirs, "p50_ms")}
+                           "cvzoo_vs_benchmark_app_ips": statistics.median(ips),
+                           "cvzoo_vs_benchmark_app_ips_interval": median_interval(ips),
+                           "cvzoo_vs_benchmark_app_p50": statistics.median(ratios(ours, theirs, "p50_ms"))}
                     if defaults:
                         row["benchmark_app_defaults"] = defaults
-                        row["benchmark_app_defaults_vs_cvzoo_ips"] = median_ratio(defaults, ours, "throughput_ips")
+                        row["benchmark_app_defaults_vs_cvzoo_ips"] = statistics.median(ratios(defaults, ours,
+                                                                                              "throughput_ips"))
                     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
                     rows.append(row)
     report = {"machine": machine_info(), "versions": versions("cvzoo", "openvino"),
@@ -126,15 +132,19 @@ def main() -> None:
 def markdown(rows: list[dict]) -> str:
     med = lambda pts, k: statistics.median(p[k] for p in pts)  # noqa: E731
     lines = ["| model (size) | precision | setting | cvzoo img/s (p50 ms) | benchmark_app img/s (p50 ms) | "
-             "cvzoo / benchmark_app | benchmark_app's defaults: computes, img/s |", "|" + "---|" * 7]
+             "cvzoo / benchmark_app [interval; coverage] | benchmark_app's defaults: computes, img/s |",
+             "|" + "---|" * 7]
     for r in rows:
         d = r.get("benchmark_app_defaults")
+        # runs from before the interval was kept: the median alone
+        low, high, cov = r.get("cvzoo_vs_benchmark_app_ips_interval") or (None, None, None)
+        interval = f" [{low:.2f}, {high:.2f}; {cov:.0%}]" if cov is not None else ""
         default = (f"{d[0]['computes']}, {med(d, 'throughput_ips'):.1f} "
                    f"({r['benchmark_app_defaults_vs_cvzoo_ips']:.2f}x cvzoo)") if d else "-"
         lines.append(f"| {r['model']} ({r['input_size']}) | {r['precision']} | {r['hint']} b{r['batch']} | "
                      f"{med(r['cvzoo'], 'throughput_ips'):.1f} ({med(r['cvzoo'], 'p50_ms'):.2f}) | "
                      f"{med(r['benchmark_app'], 'throughput_ips'):.1f} ({med(r['benchmark_app'], 'p50_ms'):.2f}) | "
-                     f"{r['cvzoo_vs_benchmark_app_ips']:.2f} | {default} |")
+                     f"{r['cvzoo_vs_benchmark_app_ips']:.2f}{interval} | {default} |")
     return "\n".join(lines)
 
 
