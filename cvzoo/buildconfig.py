@@ -8,6 +8,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .card import MIN_INPUT_SIZE
 from .errors import CvzooError
 from .preprocess import IMAGE_SUFFIXES
 
@@ -96,7 +97,7 @@ class BuildConfig(_Cfg):
     model: str
     weights: Optional[str] = None  # checkpoint path, 'default', or none (random init)
     fp32: Optional[Path] = None  # an fp32 artifact of `cvzoo export` to start from instead of exporting
-    input_size: Optional[int] = Field(None, ge=32)
+    input_size: Optional[int] = Field(None, ge=MIN_INPUT_SIZE)
     engine: Literal["onnxruntime", "openvino", "torch-cuda"] = "onnxruntime"
     # fp16 for onnxruntime is an fp16 ONNX graph (for GPUs); fp16/bf16 for openvino keep the fp32 graph and
     # have OpenVINO compute in that precision (fast on CPUs with AVX512-FP16 / AMX)

@@ -89,6 +89,10 @@ class Preprocessing(_Strict):
         return self.resize_short or math.floor(self.input_size / self.crop_pct)
 
 
+# the networks downsample by 32: a smaller input is not an image their last stage can see
+MIN_INPUT_SIZE = 32
+
+
 class ModelCard(_Strict):
     name: str
     family: str
@@ -121,6 +125,14 @@ class ModelCard(_Strict):
     @property
     def input_size(self) -> int:
         return self.preprocessing.input_size
+
+    def size_or_default(self, size: Optional[int]) -> int:
+        """`size` as asked (--size), else the card's own."""
+        if size is None:
+            return self.input_size
+        if size < MIN_INPUT_SIZE:
+            raise CvzooError(f"--size must be >= {MIN_INPUT_SIZE}, got {size}")
+        return size
 
     def published_row(self, source: str) -> Optional[PublishedResult]:
         return next((r for r in self.published if r.source == source), None)

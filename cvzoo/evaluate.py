@@ -103,6 +103,8 @@ def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Pa
              verify_hashes: bool = True, random_init: bool = False) -> dict:
     if batch < 1:
         raise CvzooError(f"--batch must be >= 1, got {batch}")
+    if limit is not None and limit < 1:
+        raise CvzooError(f"--limit must be >= 1, got {limit}")
     predictor = Predictor(model, engine=engine, threads=threads, weights=weights, verify_hashes=verify_hashes,
                           random_init=random_init)
     art = predictor.artifact

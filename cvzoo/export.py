@@ -205,7 +205,7 @@ def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, 
     folder and typed manifest)."""
     from .checkpoint import resolve_default_weights
     card = name if isinstance(name, ModelCard) else get_card(name)
-    size = size or card.input_size
+    size = card.size_or_default(size)
     if batch != "dynamic" and int(batch) < 1:
         raise CvzooError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     wpath = resolve_default_weights(card) if str(weights) == "default" else (Path(weights) if weights else None)

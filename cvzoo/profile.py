@@ -32,7 +32,7 @@ def profile_model(name: str | ModelCard, size: Optional[int] = None) -> Profile:
     from torch.utils.flop_counter import FlopCounterMode
 
     card = name if isinstance(name, ModelCard) else get_card(name)
-    size = size or card.input_size
+    size = card.size_or_default(size)
     model = build_model(card)
     x = torch.zeros(1, 3, size, size)
     with torch.inference_mode():

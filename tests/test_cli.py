@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cvzoo.card import list_models
 from cvzoo.datasets import demo_images
 
@@ -110,3 +112,21 @@ def test_a_file_name_with_brackets_is_named_as_it_is(artifacts, tmp_path):
     bad.write_text("not an image")
     run = _cvzoo("predict", artifacts("tf_efficientnet_lite0"), bad, "-q")
     assert run.returncode == 3 and f"error: {bad}: not an image" in " ".join(run.stderr.split()), run.stderr
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["export", "tf_efficientnet_lite0", "--size", "-5"], "--size must be >= 32, got -5"),  # was PIL's ValueError
+    (["predict", "no-such-model", "IMAGE", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["predict", "no-such-model", "IMAGE", "--engine", "tensorrt"], "unknown engine 'tensorrt'"),
+    (["eval", "no-such-model", "DEMO", "--limit", "-1"], "--limit must be >= 1, got -1"),  # dropped the last image
+    (["bench", "no-such-model", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["serve", "no-such-model", "--port", "99999"], "--port must be 0-65535, got 99999"),  # was an OverflowError
+])
+def test_a_value_out_of_range_is_one_line_before_the_model_is_looked_up(argv, line, capsys):
+    """The unknown model is never reached (nor a zoo name's export): the option is named first."""
+    from cvzoo.cli import main
+    photo = sorted(demo_images())[0]
+    argv = [str(photo) if a == "IMAGE" else str(photo.parent) if a == "DEMO" else a for a in argv]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: {line}") and err.count("error:") == 1 and "Traceback" not in err, err

@@ -317,6 +317,22 @@ def test_a_port_in_use_is_refused_before_loading(artifacts):
     assert f"127.0.0.1:{port}: cannot listen there (Address already in use)" in " ".join(run.stderr.split())
 
 
+
+@pytest.mark.parametrize("option, line", [
+    (dict(engine="tensorrt"), "unknown engine 'tensorrt' (known: onnxruntime"),
+    (dict(threads=0), "--threads must be >= 1, got 0"),
+    (dict(instances=0), "--instances must be >= 1, got 0"),
+    (dict(max_batch=0), "--max-batch must be >= 1"),
+    (dict(max_body_mb=0), "--max-body-mb must be > 0, got 0"),
+    (dict(ray="local", replicas=0), "--replicas must be >= 1, got 0")])
+def test_a_bad_option_is_refused_before_any_model_is_looked_up(option, line):
+    """One line naming the option, before the unknown model (or a zoo name's export, or a Ray replica) is reached."""
+    from cvzoo.errors import CvzooError
+    from cvzoo.serve import serve
+    with pytest.raises(CvzooError) as refused:
+        serve(["no-such-model"], **option)
+    assert str(refused.value).startswith(line), refused.value
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one local Ray at a time (with test_sweep's, in the group "ray_server")
 def test_the_same_app_as_a_ray_serve_deployment(artifacts, tmp_path):

@@ -86,21 +86,28 @@ def installed_cpu_engines() -> list[str]:
 
 def engine_for(art: Artifact, engine: Optional[str] = None) -> str:
     """The engine asked for, else the one the artifact was built for (its manifest says), else ONNX Runtime."""
-    return _known(engine or art.manifest.engine or "onnxruntime")
+    return known_engine(engine or art.manifest.engine or "onnxruntime")
 
 
-def _known(engine: str) -> str:
+def known_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise CvzooError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
     return engine
 
 
+def check_threads(threads: Optional[int]) -> None:
+    """None = the engine's default; anything below 1 is refused (engines read 0 or less as their default or fail)."""
+    if threads is not None and threads < 1:
+        raise CvzooError(f"--threads must be >= 1, got {threads}")
+
+
 def load_engine(target: Union[str, Path, Artifact, RuntimeSpec], engine: Optional[str] = None,
                 threads: Optional[int] = None, **options) -> Engine:
     """`target`: an artifact (folder or loaded) or a RuntimeSpec; `engine`: as asked, else the one it was built for."""
+    check_threads(threads)
     if isinstance(target, RuntimeSpec):
         art, spec = None, target
-        engine = _known(engine or spec.built_for or "onnxruntime")
+        engine = known_engine(engine or spec.built_for or "onnxruntime")
     else:
         art = target if isinstance(target, Artifact) else Artifact.load(Path(target))
         spec, engine = RuntimeSpec.of(art), engine_for(art, engine)

@@ -22,16 +22,23 @@ def resolve(models: Sequence[Union[str, Path]], verify_hashes: bool = True, rand
                             random_init) for m in models]
 
 
-def _check(instances: int, max_batch: int, max_delay_ms: float) -> None:
+def _check(instances: int, max_batch: int, max_delay_ms: float, threads: Optional[int] = None,
+           engine: Optional[str] = None) -> None:
+    from ..engines import check_threads, known_engine
+    check_threads(threads)
     if instances < 1:
         raise CvzooError(f"--instances must be >= 1, got {instances}")
     if max_batch < 1 or max_delay_ms < 0:
         raise CvzooError("--max-batch must be >= 1 and --max-delay-ms >= 0")
+    if engine is not None:
+        known_engine(engine)
 
 
 def _check_listen(host: str, port: int) -> None:
     """Refuse an address the server could not listen on before loading anything (uvicorn would say so only after)."""
     import socket
+    if not 0 <= port <= 65535:
+        raise CvzooError(f"--port must be 0-65535, got {port}")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -50,7 +57,7 @@ def load_models(models: Sequence[Union[str, Path]], engine: Optional[str] = None
     from ..engines import load_engine
     from ..machine import physical_cores
     from ..runners import warm_up
-    _check(instances, max_batch, max_delay_ms)
+    _check(instances, max_batch, max_delay_ms, threads, engine)
     threads = threads or max(1, physical_cores() // instances)
     served: list[Served] = []
     for art in resolve(models, verify_hashes, random_init):
@@ -74,10 +81,15 @@ def serve(models: Sequence[Union[str, Path]], host: str = "127.0.0.1", port: int
     address): the same app as a Ray Serve deployment with `replicas` replicas instead of one uvicorn process."""
     options = dict(engine=engine, instances=instances, threads=threads, max_batch=max_batch, max_delay_ms=max_delay_ms,
                    verify_hashes=verify_hashes, random_init=random_init)
+    # every option before anything loads or exports: a bad flag costs no export and no replica
+    _check(instances, max_batch, max_delay_ms, threads, engine)
+    if not max_body_mb > 0:
+        raise CvzooError(f"--max-body-mb must be > 0, got {max_body_mb:g}")
+    if replicas < 1:
+        raise CvzooError(f"--replicas must be >= 1, got {replicas}")
     _check_listen(host, port)
     if ray is not None:
         from .on_ray import serve_on_ray
-        _check(instances, max_batch, max_delay_ms)
         folders = [a.folder for a in resolve(models, verify_hashes, random_init)]  # refused here, not in a replica
         serve_on_ray(folders, None if ray == "local" else ray, replicas, host, port, options, max_body_mb, say)
         return

@@ -21,8 +21,6 @@ def serve_on_ray(artifacts: Sequence[Path], address: Optional[str], replicas: in
         from ray import serve as ray_serve
     except ImportError:
         raise CvzooError("--ray needs Ray Serve: pip install 'cvzoo[ray]'") from None
-    if replicas < 1:
-        raise CvzooError(f"--replicas must be >= 1, got {replicas}")
     paths = [str(Path(a).resolve()) for a in artifacts]
 
     def build_app():  # runs in each replica
