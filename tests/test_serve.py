@@ -136,6 +136,11 @@ def _v2_json(shape, datatype="FP32", data=None):
                                    "data": data if data is not None else [0] * int(np.prod(shape))}]}).encode()
 
 
+def _v2_with(**fields):
+    """A good JSON tensor request with these top-level fields added."""
+    return json.dumps({**json.loads(_v2_json([1, 3, 224, 224])), **fields}).encode()
+
+
 def _v2_binary(x: np.ndarray):
     """_v2's body and headers: one FP32 tensor in Triton's binary format, as tritonclient sends it (JSON has no
     NaN)."""
@@ -165,9 +170,15 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_goes_on(server):
         "JSON with NaN": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]).replace(b"[0,", b"[NaN,", 1)), 400,
                           "malformed JSON"),
         "unknown model": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]), model="nope"), 404, "unknown model"),
-        "unknown output": (lambda: _v2(server.url, json.dumps({"inputs": json.loads(_v2_json([1, 3, 224, 224]))["inputs"],
-                                                               "outputs": [{"name": "nope"}]}).encode()),
-                           400, "unknown output"),
+        "unknown output": (lambda: _v2(server.url, _v2_with(outputs=[{"name": "nope"}])), 400, "unknown output"),
+        "outputs not a list": (lambda: _v2(server.url, _v2_with(outputs="logits")), 400, "'outputs' must be a list"),
+        # was a 500 (AttributeError)
+        "parameters not an object": (lambda: _v2(server.url, _v2_with(parameters=3)), 400,
+                                     "the request: 'parameters' must be a JSON object, got int"),
+        "unknown input": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]).replace(b'"input"', b'"zzz"')), 400,
+                          "unknown input 'zzz'"),  # was answered as if it were 'input'
+        "unknown version": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]), model=f"{LITE0}/versions/7"), 404,
+                            "has no version '7'"),
     }
     good = lambda: _upload(server.url, "tench.jpg", (Path(demo_images()[0]).read_bytes()))
     with ThreadPoolExecutor(8) as pool:  # the good requests ride in the same batches as the bad ones

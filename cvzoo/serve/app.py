@@ -23,7 +23,8 @@ from ..artifact import Artifact
 from ..postprocess import Prediction, predictions_from_logits, softmax, topk
 from ..preprocess import decode
 from .batcher import BatchStats, Batcher, EngineError
-from .protocol import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
+from .protocol import (HEADER_LENGTH, VERSION, ProtocolError, Tensor, encode_response, parameters,
+                       parse_request)
 
 # each output's datatype and its length per image (None: the number of classes, -1: the request's top-k); the
 # metadata, the model configuration and the answers all read it
@@ -104,9 +105,11 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     async def _http_error(request: Request, e: HTTPError):
         return JSONResponse({"error": e.message}, status_code=e.status)
 
-    def model(name: str) -> Served:
+    def model(name: str, version: Optional[str] = None) -> Served:
         if name not in models:
             raise HTTPError(404, f"unknown model '{name}' (serving: {', '.join(models)})")
+        if version not in (None, VERSION):
+            raise HTTPError(404, f"model '{name}' has no version '{version}' (versions: {VERSION})")
         return models[name]
 
     async def answer(s: Served, endpoint: str, work):
@@ -163,10 +166,10 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: Optional[str] = None):
-        s = model(name)
+        s = model(name, version)
         a = s.artifact
         n = len(s.classes)
-        return {"name": s.name, "versions": ["1"], "platform": platform(s),
+        return {"name": s.name, "versions": [VERSION], "platform": platform(s),
                 "inputs": [{"name": a.input_name, "datatype": "FP32", "shape": [-1, 3, s.size, s.size]},
                            {"name": "image", "datatype": "BYTES", "shape": [-1, 1]}],  # [N] is read too
                 "outputs": [{"name": o, "datatype": t, "shape": [-1, d or n]} for o, (t, d) in OUTPUTS.items()],
@@ -178,7 +181,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     async def model_config(name: str, version: Optional[str] = None):
         """Triton's model configuration extension, which Triton's perf_analyzer reads: the batch limit, the dynamic
         batching, and both inputs optional (a request carries one of them)."""
-        s = model(name)
+        s = model(name, version)
         b, n = s.batcher, len(s.classes)
         return {"name": s.name, "platform": platform(s), "max_batch_size": b.max_batch,
                 "input": [{"name": s.artifact.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
@@ -192,23 +195,24 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: Optional[str] = None):
-        return Response(status_code=200 if model(name).batcher.workers else 503)
+        return Response(status_code=200 if model(name, version).batcher.workers else 503)
 
     # KServe v2 infer, the hot path: an ASGI app that App runs ahead of FastAPI's middleware and router
     async def infer(scope, receive, send) -> None:
         request = Request(scope, receive)
         try:
-            s = model(request.path_params["name"])
+            s = model(request.path_params["name"], request.path_params["version"])
             body = await request.body()
 
             async def work():
                 try:
                     header, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
+                    k, asked = v2_outputs(header)
                     x = await v2_input(s, tensors)
                 except ProtocolError as e:
                     raise HTTPError(400, str(e)) from None
                 logits = await run_rows(s, x)
-                return v2_response(s, header, logits)
+                return v2_response(s, header, k, asked, logits)
             response = await answer(s, "v2_infer", work)
         except HTTPError as e:
             response = JSONResponse({"error": e.message}, status_code=e.status)
@@ -227,6 +231,8 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             raise ProtocolError(f"one input expected ('{s.artifact.input_name}' FP32 or 'image' BYTES), got "
                                 f"{len(tensors)}")
         t = tensors[0]
+        if t.name not in (s.artifact.input_name, "image"):
+            raise ProtocolError(f"unknown input '{t.name}' ('{s.artifact.input_name}' FP32 or 'image' BYTES)")
         if t.datatype == "BYTES":
             arrays = await images_to_arrays(s, [(f"{t.name}[{i}]", b) for i, b in enumerate(t.value)])
             bad = [a for a in arrays if isinstance(a, str)]
@@ -242,11 +248,30 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             raise ProtocolError(f"input '{t.name}': shape {t.shape}, expected [N, {', '.join(map(str, want))}]")
         return t.value
 
-    def v2_response(s: Served, header: dict, logits: np.ndarray) -> Response:
-        k = (header.get("parameters") or {}).get("topk", DEFAULT_TOPK)
+    def v2_outputs(header: dict) -> tuple[int, list[tuple[str, dict]]]:
+        """The request's top-k and the outputs it asks for, each with its parameters: checked before it runs."""
+        k = parameters(header, "the request").get("topk", DEFAULT_TOPK)
         if not isinstance(k, int) or k < 1:
-            raise HTTPError(400, f"parameters.topk must be a positive integer, got {k!r}")
+            raise ProtocolError(f"parameters.topk must be a positive integer, got {k!r}")
         asked = header.get("outputs") or [{"name": n} for n in OUTPUTS]
+        if not isinstance(asked, list):
+            raise ProtocolError("'outputs' must be a list of objects with a name")
+        out = []
+        for o in asked:
+            oname = o.get("name") if isinstance(o, dict) else None
+            if oname not in OUTPUTS:
+                raise ProtocolError(f"unknown output {oname!r} (outputs: {', '.join(OUTPUTS)})")
+            params = parameters(o, f"output '{oname}'")
+            cls = params.get("classification")
+            if cls:
+                if oname not in ("logits", "probabilities"):
+                    raise ProtocolError(f"classification applies to logits or probabilities, not {oname}")
+                if not isinstance(cls, int) or isinstance(cls, bool) or cls < 1:
+                    raise ProtocolError(f"output '{oname}': classification must be a positive integer, got {cls!r}")
+            out.append((oname, params))
+        return k, out
+
+    def v2_response(s: Served, header: dict, k: int, asked: list[tuple[str, dict]], logits: np.ndarray) -> Response:
         probs = cache(lambda: softmax(logits).astype(np.float32))
         best = cache(lambda: topk(probs(), k))
         full = {"logits": lambda: logits.astype(np.float32), "probabilities": probs,
@@ -255,20 +280,15 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
                 "topk_names": lambda: np.array([[s.classes[i].encode() for i in row] for row in best()[0]],
                                                dtype=object)}
         outputs, binary = [], set()
-        for o in asked:
-            oname = o.get("name") if isinstance(o, dict) else None
-            if oname not in full:
-                raise HTTPError(400, f"unknown output {oname!r} (outputs: {', '.join(OUTPUTS)})")
+        for oname, params in asked:
             dtype, arr = OUTPUTS[oname][0], full[oname]()
-            cls = (o.get("parameters") or {}).get("classification")
+            cls = params.get("classification")
             if cls:  # Triton's classification extension: "value:index:label", best first
-                if oname not in ("logits", "probabilities"):
-                    raise HTTPError(400, f"classification applies to logits or probabilities, not {oname}")
-                ci = topk(arr, int(cls))[0]
+                ci = topk(arr, cls)[0]
                 arr = np.array([[f"{v:f}:{i}:{s.classes[i]}".encode() for i, v in zip(ri, rv)]
                                 for ri, rv in zip(ci, np.take_along_axis(arr, ci, -1))], dtype=object)
                 dtype = "BYTES"
-            if (o.get("parameters") or {}).get("binary_data"):
+            if params.get("binary_data"):
                 binary.add(oname)
             outputs.append((oname, dtype, arr))
         body, headers = encode_response(s.name, header.get("id"), outputs, binary)
@@ -320,7 +340,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     return app
 
 
-INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 class App(FastAPI):
@@ -334,7 +354,7 @@ class App(FastAPI):
         async def dispatch(scope, receive, send):
             m = scope["type"] == "http" and scope["method"] == "POST" and INFER_PATH.fullmatch(scope["path"])
             if m:
-                scope["path_params"] = {"name": m[1]}
+                scope["path_params"] = {"name": m[1], "version": m[2]}
                 await infer(scope, receive, send)
             else:
                 await rest(scope, receive, send)

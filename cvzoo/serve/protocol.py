@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 HEADER_LENGTH = "inference-header-content-length"
+VERSION = "1"  # each served artifact is its model's one version
 DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
           "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 
@@ -29,6 +30,16 @@ class Tensor:
     datatype: str
     shape: list[int]
     value: Any  # np.ndarray, or list[bytes] for BYTES
+
+
+def parameters(obj: dict, where: str) -> dict:
+    """`obj`'s "parameters" object ({} when absent)."""
+    value = obj.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
@@ -71,7 +82,7 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
         if dtype != "BYTES" and dtype not in DTYPES:
             raise ProtocolError(f"input '{name}': unknown datatype {dtype!r}")
         count = math.prod(shape)
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = parameters(spec, f"input '{name}'").get("binary_data_size")
         if size is not None:
             raw = view[offset:offset + int(size)]
             if len(raw) != int(size):
@@ -126,7 +137,7 @@ def encode_response(model: str, request_id: Optional[str], outputs: list[tuple[s
             spec["data"] = ([x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
                             if dtype == "BYTES" else arr.reshape(-1).tolist())
         specs.append(spec)
-    head = {"model_name": model, "model_version": "1", "outputs": specs}
+    head = {"model_name": model, "model_version": VERSION, "outputs": specs}
     if request_id:
         head["id"] = request_id
     js = json.dumps(head).encode()
