@@ -54,8 +54,11 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not force:
         raise CvzooError(f"{out}: already exists (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    except OSError as e:
+        raise CvzooError(f"{out}: cannot write there ({e.strerror or e})") from None
     try:
         yield tmp
         os.chmod(tmp, created_mode(directory=True))

@@ -18,6 +18,7 @@ from .buildconfig import BuildConfig
 from .calibration import labels_for, load_arrays, select_files, select_split
 from .card import get_card
 from .errors import CvzooError, TargetMissed
+from .postprocess import writable_folder
 from .runners import in_batches, model_runner, run_logits, time_runners
 
 Say = Callable[[str], None]
@@ -58,6 +59,7 @@ def build(cfg: BuildConfig, force: bool = False, say: Say = print) -> Path:
     out = Path(cfg.workspace) / cfg.artifact_name(size)
     if out.exists() and not force:
         raise CvzooError(f"{out}: already exists (use --force to replace it)")
+    writable_folder(out.parent)  # before the work, not after it
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvzoo-build.") as tmp:

@@ -205,13 +205,16 @@ def print_predictions_table(preds, title: str) -> None:
 def run_predict(model: str, images: List[Path], topk: int = 5, batch: int = 8, out: Optional[Path] = None,
                 jsonl: Optional[Path] = None, engine: Optional[str] = None, threads: Optional[int] = None,
                 weights: Optional[str] = None, quiet: bool = False, verify: bool = True, random_init: bool = False) -> int:
-    from .postprocess import result_txt_lines, write_text_atomic
+    from .postprocess import result_txt_lines, writable_file, write_text_atomic
     from .predict import Predictor
     from .preprocess import find_images
     if topk < 1:
         raise CvzooError(f"--topk must be >= 1, got {topk}")
     if out is not None and out == jsonl == STDOUT:
         raise CvzooError("--out and --jsonl cannot both be '-' (standard output)")
+    for dest in (out, jsonl):
+        if dest is not None and dest != STDOUT:
+            writable_file(dest)
     paths, errors = find_images(images)
     for line in errors:
         status_line("error", line)
@@ -436,7 +439,10 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
     import io
     import json
     from .bench import CSV_FIELDS, SPEEDUP_HEADS, bench, csv_rows
-    from .postprocess import write_text_atomic
+    from .postprocess import writable_file, write_text_atomic
+    for dest in (json_out, csv_out):
+        if dest:
+            writable_file(dest)
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:

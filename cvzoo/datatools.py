@@ -11,7 +11,7 @@ import numpy as np
 from .datasets import load_samples
 from .errors import CvzooError
 from .labels import load_label_set
-from .postprocess import write_text_atomic
+from .postprocess import writable_file, writable_folder, write_text_atomic
 from .preprocess import IMAGE_SUFFIXES, load_image
 
 
@@ -20,6 +20,9 @@ def valprep(src: Path, labels: Path, dst: Optional[Path] = None, mode: Literal["
     """Put each image of a flat val folder into DST/<synset>/. Idempotent: done files are skipped, and a
     second run (even after `move`) changes nothing."""
     src, dst = Path(src), Path(dst or src)
+    if not src.is_dir():
+        raise CvzooError(f"{src}: not a folder")
+    writable_folder(dst)
     synsets = [s for s, _ in load_label_set(label_set)]
     done = skipped = 0
     samples = load_samples(src, synsets, labels) if any(p.suffix.lower() in IMAGE_SUFFIXES
@@ -52,6 +55,8 @@ def image2npz(src: Path, dst: Path, datalist: Path, preprocessing=None) -> dict:
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise CvzooError(f"{src}: no images found")
+    writable_folder(dst)
+    writable_file(datalist)
     synsets = {s for s, _ in load_label_set("imagenet-1k")}
     lines, errors = [], []
     for f in files:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional, Union
 from .artifact import Artifact
 from .datasets import Sample, load_samples
 from .errors import CvzooError
-from .postprocess import Prediction, result_txt_lines, write_text_atomic
+from .postprocess import Prediction, result_txt_lines, writable_folder, write_text_atomic
 from .predict import Predictor
 
 RESULTS, RUN, SUMMARY, RESULT_TXT, LOCK = "results.jsonl", "run.json", "summary.json", "result.txt", ".lock"
@@ -105,15 +105,16 @@ def evaluate(model: Union[str, Path], data: Union[str, Path], out: Union[str, Pa
         raise CvzooError(f"--batch must be >= 1, got {batch}")
     if limit is not None and limit < 1:
         raise CvzooError(f"--limit must be >= 1, got {limit}")
+    out = Path(out)
+    writable_folder(out)
     predictor = Predictor(model, engine=engine, threads=threads, weights=weights, verify_hashes=verify_hashes,
                           random_init=random_init)
     art = predictor.artifact
     samples = load_samples(Path(data), art.synsets, Path(labels) if labels else None)
     if limit:
         samples = samples[:limit]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(art, predictor.engine.name, Path(data), labels, samples, topk)
+    out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
         return _run(predictor, samples, out, identity, batch, workers, topk, fresh, progress, on_batch)
 

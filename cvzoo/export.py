@@ -16,6 +16,7 @@ from .artifact import Artifact, atomic_dir, sha256, versions, write_manifest
 from .card import ModelCard, get_card
 from .datasets import demo_images
 from .errors import CvzooError
+from .postprocess import writable_folder
 from .preprocess import preprocess_image
 
 if TYPE_CHECKING:  # torch and timm are imported where a model is made: a cached export is found without them
@@ -208,9 +209,10 @@ def export(name: Union[str, ModelCard], weights: Union[None, str, Path] = None, 
     size = card.size_or_default(size)
     if batch != "dynamic" and int(batch) < 1:
         raise CvzooError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    out = Path(out or f"artifacts/{card.name}-{size}-fp32")
+    writable_folder(out.parent, what=out)  # before the model is built and exported
     wpath = resolve_default_weights(card) if str(weights) == "default" else (Path(weights) if weights else None)
     model = source_model(card, wpath, size, checkpoint_format)
-    out = Path(out or f"artifacts/{card.name}-{size}-fp32")
     with atomic_dir(out, force=force) as tmp:
         onnx_path = tmp / "model.onnx"
         _onnx_export(model, size, onnx_path, opset, batch)

@@ -5,9 +5,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
+
+from .errors import CvzooError
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -94,13 +96,55 @@ def created_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_UMASK
 
 
+def _temp_file(folder: Path, prefix: str, what: Path) -> tuple[int, str]:
+    """A new temporary file in `folder` (made if missing); where that cannot be, one line naming `what`."""
+    import tempfile
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    except OSError as e:
+        raise CvzooError(f"{what}: cannot write there ({e.strerror or e})") from None
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    if path.is_dir():
+        raise CvzooError(f"{path}: is a folder, not a file to write")
+    return _temp_file(path.parent, f".{path.name}.", path)
+
+
+def _remove_temp(fd_and_path: tuple[int, str]) -> None:
+    import os
+    os.close(fd_and_path[0])
+    os.unlink(fd_and_path[1])
+
+
+def writable_folder(folder: Union[str, Path], what: Optional[Path] = None) -> Path:
+    """`folder`, checked before a run does its work: a folder this process can write in, or can make (nothing is
+    made here). `what`: the path the error line names (the folder itself by default)."""
+    folder = Path(folder)
+    what = what or folder
+    have = next(p for p in (folder, *folder.parents) if p.exists())
+    if not have.is_dir():
+        raise CvzooError(f"{what}: {'' if have == what else f'{have} '}is a file, not a folder to write in")
+    _remove_temp(_temp_file(have, ".cvzoo-write-check.", what))
+    return folder
+
+
+def writable_file(path: Union[str, Path]) -> Path:
+    """`path`, checked before a run does its work, so that the work is not lost at the end: a file this process can
+    write there."""
+    path = Path(path)
+    if path.is_dir():
+        raise CvzooError(f"{path}: is a folder, not a file to write")
+    writable_folder(path.parent, what=path)
+    return path
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a whole file so that readers see the old or the new content, never half of it."""
     import os
-    import tempfile
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -108,6 +152,9 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, created_mode())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, say
+        Path(tmp).unlink(missing_ok=True)
+        raise CvzooError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import CvzooError
-from .postprocess import write_text_atomic
+from .postprocess import writable_folder, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ def sweep(models: Sequence[str], dtypes: Sequence[str], data: Path, out: Path, c
                       **({"calibration": {"path": str(calib)}} if calib else {})}, f"sweep {d} on {engine}")
     if not Path(data).exists():
         raise CvzooError(f"{data}: evaluation data not found")
+    writable_folder(out)
     jobs = [Job(m, d, str(Path(data).resolve()), str(Path(out).resolve()), str(Path(calib).resolve()) if calib else None,
                 count, calibrate_mode, weights, bench, bench_seconds, limit=limit, engine=engine)
             for m in models for d in dtypes]

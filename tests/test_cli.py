@@ -130,3 +130,32 @@ def test_a_value_out_of_range_is_one_line_before_the_model_is_looked_up(argv, li
     assert main(argv) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith(f"error: {line}") and err.count("error:") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["predict", "no-such-model", "IMAGE", "--out", "DIR"], "DIR: is a folder, not a file to write"),
+    (["predict", "no-such-model", "IMAGE", "--jsonl", "FILE/p.jsonl"], "FILE/p.jsonl: FILE is a file"),
+    (["eval", "no-such-model", "DEMO", "--out", "FILE/eval"], "FILE/eval: FILE is a file"),
+    (["bench", "no-such-model", "--json", "FILE/b.json"], "FILE/b.json: FILE is a file"),
+    (["bench", "no-such-model", "--csv", "DIR"], "DIR: is a folder, not a file to write"),
+    (["build", "tf_efficientnet_lite0", "--workspace", "FILE"], "FILE: is a file, not a folder to write in"),
+    (["export", "tf_efficientnet_lite0", "--out", "FILE/art"], "FILE/art: FILE is a file"),
+    (["image2npz", "DEMO", "FILE/npz"], "FILE/npz: FILE is a file"),
+    (["sweep", "--models", "tf_efficientnet_lite0", "--dtypes", "fp32", "--data", "DEMO", "--out", "FILE"],
+     "FILE: is a file, not a folder to write in"),
+])
+def test_an_output_that_cannot_be_written_is_one_line_before_the_work(argv, says, tmp_path, capsys):
+    """Refused before any model is looked up, built or run (those were tracebacks at the end, the work lost), and
+    nothing is made on the way."""
+    from cvzoo.cli import main
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    photo = sorted(demo_images())[0]
+    names = {"IMAGE": str(photo), "DEMO": str(photo.parent), "DIR": str(tmp_path), "FILE": str(blocker)}
+    argv = [names.get(a.split("/")[0], a.split("/")[0]) + a[len(a.split("/")[0]):] for a in argv]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for k, v in names.items():
+        says = says.replace(k, v)
+    assert err.startswith(f"error: {says}") and err.count("error:") == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == [blocker]
