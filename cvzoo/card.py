@@ -89,7 +89,7 @@ class Preprocessing(_Strict):
         return self.resize_short or math.floor(self.input_size / self.crop_pct)
 
 
-# the networks downsample by 32: a smaller input is not an image their last stage can see
+# the networks downsample by 32: build configs and --size take no smaller input
 MIN_INPUT_SIZE = 32
 
 
