@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .artifact import Artifact, versions
-from .engines import accepts_uint8, check_threads, engine_for, known_engine, load_engine
+from .engines import accepts_uint8, check_engine_options, engine_for, load_engine
 from .errors import CvzooError
 from .machine import machine_info, physical_cores
 
@@ -289,8 +289,7 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
           verify_hashes: bool = True, layers: bool = False) -> dict:
     """`layers`: also each layer's time at the first batch size, from the engine's profiler."""
     def check(engine: Optional[str]) -> None:
-        if engine is not None:
-            known_engine(engine)
+        check_engine_options(engine, threads)
         if engine == "torch-cuda":
             from .engines.torch_cuda import require_cuda
             require_cuda()
@@ -300,7 +299,6 @@ def bench(model: Union[str, Path], engine: Optional[str] = None, batches: Sequen
         raise CvzooError(f"--batch values must be >= 1, got {','.join(map(str, batches)) or 'nothing'}")
     if instances < 1 or processes < 1:
         raise CvzooError("--instances and --processes must be >= 1")
-    check_threads(threads)
     if iterations is not None and iterations < 1:
         raise CvzooError("--iterations must be >= 1")
     if iterations is None and not (duration and duration > 0):

@@ -8,7 +8,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .artifact import Artifact, is_artifact
-from .engines import Engine, accepts_uint8, check_threads, known_engine, load_engine
+from .engines import Engine, accepts_uint8, check_engine_options, load_engine
 from .errors import CvzooError
 from .postprocess import Prediction, predictions_from_logits
 from .preprocess import batches, decode, decode_stream
@@ -53,9 +53,7 @@ class Predictor:
     def __init__(self, model: Union[str, Path], engine: Optional[str] = None, threads: Optional[int] = None,
                  weights: Union[None, str, Path] = None, size: Optional[int] = None, verify_hashes: bool = True,
                  random_init: bool = False, **engine_options):
-        check_threads(threads)  # before a zoo name is exported: a bad flag should not cost an export
-        if engine is not None:
-            known_engine(engine)
+        check_engine_options(engine, threads)  # before a zoo name is exported: a bad flag should not cost an export
         self.artifact = require_weights(Artifact.load(artifact_for(model, weights, size, random_init),
                                                       verify_hashes=verify_hashes), random_init)
         self.engine: Engine = load_engine(self.artifact, engine, threads=threads, **engine_options)

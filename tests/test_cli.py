@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -114,6 +115,14 @@ def test_a_file_name_with_brackets_is_named_as_it_is(artifacts, tmp_path):
     assert run.returncode == 3 and f"error: {bad}: not an image" in " ".join(run.stderr.split()), run.stderr
 
 
+def _fill(words: list[str], names: dict[str, str]) -> list[str]:
+    """Each word's leading placeholder (IMAGE, DIR/x.json, FILE:) replaced by its path."""
+    def one(word: str) -> str:
+        head = re.match(r"[A-Z]+", word)
+        return names[head[0]] + word[head.end():] if head and head[0] in names else word
+    return [one(w) for w in words]
+
+
 @pytest.mark.parametrize("argv, line", [
     (["export", "tf_efficientnet_lite0", "--size", "-5"], "--size must be >= 32, got -5"),  # was PIL's ValueError
     (["predict", "no-such-model", "IMAGE", "--threads", "0"], "--threads must be >= 1, got 0"),
@@ -126,8 +135,7 @@ def test_a_value_out_of_range_is_one_line_before_the_model_is_looked_up(argv, li
     """The unknown model is never reached (nor a zoo name's export): the option is named first."""
     from cvzoo.cli import main
     photo = sorted(demo_images())[0]
-    argv = [str(photo) if a == "IMAGE" else str(photo.parent) if a == "DEMO" else a for a in argv]
-    assert main(argv) == 2
+    assert main(_fill(argv, {"IMAGE": str(photo), "DEMO": str(photo.parent)})) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith(f"error: {line}") and err.count("error:") == 1 and "Traceback" not in err, err
 
@@ -152,10 +160,8 @@ def test_an_output_that_cannot_be_written_is_one_line_before_the_work(argv, says
     blocker.write_text("")
     photo = sorted(demo_images())[0]
     names = {"IMAGE": str(photo), "DEMO": str(photo.parent), "DIR": str(tmp_path), "FILE": str(blocker)}
-    argv = [names.get(a.split("/")[0], a.split("/")[0]) + a[len(a.split("/")[0]):] for a in argv]
-    assert main(argv) == 2
+    assert main(_fill(argv, names)) == 2
     err = " ".join(capsys.readouterr().err.split())
-    for k, v in names.items():
-        says = says.replace(k, v)
+    says = " ".join(_fill(says.split(" "), names))
     assert err.startswith(f"error: {says}") and err.count("error:") == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == [blocker]

@@ -101,6 +101,14 @@ def check_threads(threads: Optional[int]) -> None:
         raise CvzooError(f"--threads must be >= 1, got {threads}")
 
 
+def check_engine_options(engine: Optional[str], threads: Optional[int]) -> None:
+    """What can be refused before an artifact is looked up or a zoo name exported: an unknown engine, too few
+    threads."""
+    check_threads(threads)
+    if engine is not None:
+        known_engine(engine)
+
+
 def load_engine(target: Union[str, Path, Artifact, RuntimeSpec], engine: Optional[str] = None,
                 threads: Optional[int] = None, **options) -> Engine:
     """`target`: an artifact (folder or loaded) or a RuntimeSpec; `engine`: as asked, else the one it was built for."""

@@ -24,14 +24,12 @@ def resolve(models: Sequence[Union[str, Path]], verify_hashes: bool = True, rand
 
 def _check(instances: int, max_batch: int, max_delay_ms: float, threads: Optional[int] = None,
            engine: Optional[str] = None) -> None:
-    from ..engines import check_threads, known_engine
-    check_threads(threads)
+    from ..engines import check_engine_options
+    check_engine_options(engine, threads)
     if instances < 1:
         raise CvzooError(f"--instances must be >= 1, got {instances}")
     if max_batch < 1 or max_delay_ms < 0:
         raise CvzooError("--max-batch must be >= 1 and --max-delay-ms >= 0")
-    if engine is not None:
-        known_engine(engine)
 
 
 def _check_listen(host: str, port: int) -> None:
