@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve_bodies import TENSOR_BODIES  # this folder is on sys.path when the script runs
+from paired_rounds import median_interval  # this folder is on sys.path when the script runs
+from serve_bodies import TENSOR_BODIES
 from serve_throughput import port, stat_cpu_s, wait_ready, wrk
 
 IMPLEMENTATIONS = {"httptools": "uvloop", "h11": "asyncio"}  # uvicorn's http= and the loop= it pairs with
@@ -122,7 +123,8 @@ def main() -> None:
               "variants": variants, "rounds": rounds,
               "median_cpu_ms_per_request": {k: round(statistics.median(r["server_cpu_ms_per_request"] for r in rs), 3)
                                             for k, rs in rounds.items()},
-              f"{second}_over_{first}_per_round".replace(" ", "_"): [round(x, 2) for x in per_round]}
+              f"{second}_over_{first}_per_round".replace(" ", "_"): [round(x, 2) for x in per_round],
+              f"{second}_over_{first}_interval".replace(" ", "_"): [round(x, 3) for x in median_interval(per_round)]}
     if args.against:
         report["against"] = subprocess.run(["git", "-C", here, "rev-parse", args.against], capture_output=True,
                                            text=True).stdout.strip()

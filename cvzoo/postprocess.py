@@ -18,11 +18,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest per row, largest first (stable for ties: lower index first)."""
-    k = min(k, probs.shape[-1])
-    idx = np.argsort(-probs, axis=-1, kind="stable")[..., :k]
-    return idx, np.take_along_axis(probs, idx, axis=-1)
+def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest per row, largest first (stable for ties: lower index first; NaN last)."""
+    k = min(k, scores.shape[-1])
+    if k == 1:  # the common top-1, a sort's work spared: argmax also takes the lowest index of a tie
+        best = scores.max(axis=-1, keepdims=True)
+        if not np.isnan(best.sum()):  # no NaN (argmax would rank one first)
+            return scores.argmax(axis=-1)[..., None], best
+    idx = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    return idx, np.take_along_axis(scores, idx, axis=-1)
 
 
 @dataclass
@@ -51,7 +55,8 @@ class Prediction:
 
 def predictions_from_logits(paths: Sequence[str], logits: np.ndarray, class_names: Sequence[str],
                             k: int = 5) -> list[Prediction]:
-    idx, val = topk(softmax(logits), k)
+    idx, _ = topk(logits, k)  # ranked by logit, which softmax keeps, as the server does
+    val = np.take_along_axis(softmax(logits), idx, axis=-1)
     return [Prediction(path=str(p), ids=[int(i) for i in ii], probs=[float(v) for v in vv],
                        names=[class_names[int(i)] for i in ii]) for p, ii, vv in zip(paths, idx, val)]
 

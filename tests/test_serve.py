@@ -391,3 +391,25 @@ def test_a_batch_answered_with_missing_rows_fails_that_batch_only():
         together, alone = pool.submit(asyncio.run, scenario()).result()
     assert all(isinstance(e, EngineError) and "answered 1 rows" in str(e) for e in together), together
     assert alone.tolist() == [[2.0]]
+
+
+def test_a_json_answer_is_strict_json_and_keeps_float32_exactly():
+    from cvzoo.serve.protocol import encode_response
+
+    x = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    x[1, 5], x[1, 6] = np.nan, np.inf  # JSON has neither: null, where binary data would keep them
+    names = np.array([[b"tench", "caf\u00e9".encode()]], dtype=object)
+    body, headers = encode_response("m", "r1", [("logits", "FP32", x), ("topk_indices", "INT64", np.array([[3, 1]])),
+                                                ("topk_names", "BYTES", names)], set())
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    head = json.loads(body, parse_constant=refuse)
+    assert headers == {} and head["id"] == "r1"
+    logits, idx, got_names = head["outputs"]
+    values = logits["data"]
+    assert logits["shape"] == [2, 1000] and values[1005] is None and values[1006] is None
+    finite = np.isfinite(x.reshape(-1))
+    np.testing.assert_array_equal(np.array(values, dtype=object)[finite].astype(np.float32), x.reshape(-1)[finite])
+    assert idx == {"name": "topk_indices", "datatype": "INT64", "shape": [1, 2], "data": [3, 1]}
+    assert got_names["data"] == ["tench", "caf\u00e9"]

@@ -25,13 +25,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..postprocess import softmax
+
 Z95 = 1.96
 TEMPERATURES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 161))
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -272,19 +272,21 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
         return k, out
 
     def v2_response(s: Served, header: dict, k: int, asked: list[tuple[str, dict]], logits: np.ndarray) -> Response:
+        # each computed only when asked for: top-k ranks the logits, as predict does, so an answer that wants
+        # indices alone needs no softmax
         probs = cache(lambda: softmax(logits).astype(np.float32))
-        best = cache(lambda: topk(probs(), k))
+        best = cache(lambda: topk(logits, k)[0])
         full = {"logits": lambda: logits.astype(np.float32), "probabilities": probs,
-                "topk_indices": lambda: best()[0].astype(np.int64),
-                "topk_probabilities": lambda: best()[1].astype(np.float32),
-                "topk_names": lambda: np.array([[s.classes[i].encode() for i in row] for row in best()[0]],
+                "topk_indices": lambda: best().astype(np.int64),
+                "topk_probabilities": lambda: np.take_along_axis(probs(), best(), axis=-1),
+                "topk_names": lambda: np.array([[s.classes[i].encode() for i in row] for row in best()],
                                                dtype=object)}
         outputs, binary = [], set()
         for oname, params in asked:
             dtype, arr = OUTPUTS[oname][0], full[oname]()
             cls = params.get("classification")
             if cls:  # Triton's classification extension: "value:index:label", best first
-                ci = topk(arr, cls)[0]
+                ci = topk(logits, cls)[0]  # ranked as top-k is: probabilities keep the logits' order
                 arr = np.array([[f"{v:f}:{i}:{s.classes[i]}".encode() for i, v in zip(ri, rv)]
                                 for ri, rv in zip(ci, np.take_along_axis(arr, ci, -1))], dtype=object)
                 dtype = "BYTES"

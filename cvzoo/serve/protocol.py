@@ -5,7 +5,6 @@ and the bytes). Pure functions: bytes in, arrays out, and back."""
 from __future__ import annotations
 
 import base64
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -135,11 +134,13 @@ def encode_response(model: str, request_id: Optional[str], outputs: list[tuple[s
             blobs.append(raw)
         else:
             spec["data"] = ([x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
-                            if dtype == "BYTES" else arr.reshape(-1).tolist())
+                            if dtype == "BYTES" else np.ascontiguousarray(arr.reshape(-1)))
         specs.append(spec)
     head = {"model_name": model, "model_version": VERSION, "outputs": specs}
     if request_id:
         head["id"] = request_id
-    js = json.dumps(head).encode()
+    # orjson writes numpy arrays itself, with no list of Python floats between; a NaN or an infinity becomes null,
+    # since JSON has neither (binary data keeps them)
+    js = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
     headers = {HEADER_LENGTH: str(len(js))} if blobs else {}
     return js + b"".join(blobs), headers
