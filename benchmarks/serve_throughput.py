@@ -202,6 +202,11 @@ def perf_analyzer(cmd: str, url: str, model: str, inputs: list[dict], users: int
     rate = float(r["Inferences/Second"])
     return {"requests": round(rate * wall), "failures": 0, "requests_per_s": round(rate, 2),  # fails on an error
             **{f"p{q}_ms": round(float(r[f"p{q} latency"]) / 1000, 1) for q in (50, 90, 99)},
+            # the server's own split of a request's time, from its statistics extension
+            "server_ms": {part: round(float(r[f"Server {head}"]) / 1000, 3)
+                          for part, head in (("queue", "Queue"), ("compute_input", "Compute Input"),
+                                             ("compute_infer", "Compute Infer"), ("compute_output", "Compute Output"))
+                          if r.get(f"Server {head}")},
             **({"retried": retried} if retried else {})}
 
 

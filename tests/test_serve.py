@@ -206,6 +206,45 @@ def test_metrics_count_requests_batches_and_images(server):
     assert 'status="200"' in text and "cvzoo_queue_seconds_bucket" in text and "cvzoo_images_total" in text
 
 
+def test_tritonclient_reads_the_statistics_perf_analyzer_splits_latency_with(server):
+    """Triton's statistics extension: cumulative per model, so this reads the difference its own requests make."""
+    import tritonclient.http as tc
+    client = tc.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+
+    def stats():
+        (m,) = client.get_inference_statistics(LITE0)["model_stats"]
+        return m
+    before = stats()
+    x = np.zeros((2, 3, 224, 224), np.float32)
+    with ThreadPoolExecutor(8) as pool:  # 8 requests of 2 images and one of the wrong shape
+        good = list(pool.map(lambda _: _v2(server.url, **_v2_binary(x)), range(8)))
+    bad = _v2(server.url, **_v2_binary(x[:, :, :100]))
+    assert [r.status_code for r in good] == [200] * 8 and bad.status_code == 400
+    after = stats()
+
+    def delta(path):
+        a, b = after, before
+        for key in path.split("."):
+            a, b = a[key], b[key]
+        return a - b
+    assert delta("inference_count") == 16
+    parts = ["compute_input", "queue", "compute_infer", "compute_output"]
+    for part in ["success", *parts]:
+        assert delta(f"inference_stats.{part}.count") == 8, part
+        assert delta(f"inference_stats.{part}.ns") > 0, part
+    assert delta("inference_stats.fail.count") == 1
+    # each request's parts lie within its own time, one after another
+    assert delta("inference_stats.success.ns") >= sum(delta(f"inference_stats.{p}.ns") for p in parts)
+    runs = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    runs_before = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
+    new_runs = {n: c - runs_before.get(n, 0) for n, c in runs.items() if c > runs_before.get(n, 0)}
+    assert sum(n * c for n, c in new_runs.items()) == 16 and max(new_runs) <= 8, new_runs
+    assert delta("execution_count") == sum(new_runs.values())
+    every = client.get_inference_statistics()["model_stats"]
+    assert [m["name"] for m in every] == [LITE0] and "statistics" in client.get_server_metadata()["extensions"]
+    assert httpx.get(server.url + "/v2/models/nope/stats").status_code == 404
+
+
 def test_the_page_shows_the_top1_of_an_uploaded_photo(server, browser, artifacts):
     page, errors, _ = open_page(browser, server.url + "/")
     photo = demo_images()[2]

@@ -25,6 +25,7 @@ from ..preprocess import decode
 from .batcher import BatchStats, Batcher, EngineError
 from .protocol import (HEADER_LENGTH, VERSION, ProtocolError, Tensor, encode_response, parameters,
                        parse_request)
+from .stats import ModelStats, RequestTimes
 
 # each output's datatype and its length per image (None: the number of classes, -1: the request's top-k); the
 # metadata, the model configuration and the answers all read it
@@ -66,10 +67,12 @@ class Metrics:
         self.engine_errors = Counter("cvzoo_engine_errors", "Engine batches that failed", ["model"], registry=r)
         self.in_flight = Gauge("cvzoo_requests_in_flight", "Requests received and not yet answered", ["model"],
                                registry=r)
+        self.models: dict[str, ModelStats] = {}  # Triton's statistics extension, by model
 
     def stats(self, model: str) -> BatchStats:
+        m = self.models.setdefault(model, ModelStats())
         return BatchStats(on_batch=self.batch.labels(model).observe, on_queue_wait=self.queue.labels(model).observe,
-                          on_engine_error=self.engine_errors.labels(model).inc)
+                          on_engine_error=self.engine_errors.labels(model).inc, on_batch_run=m.on_batch_run)
 
 
 class HTTPError(Exception):
@@ -113,11 +116,12 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
         return models[name]
 
     async def answer(s: Served, endpoint: str, work):
+        """`work(times)`'s answer, counted in the metrics and the statistics."""
         t0 = time.perf_counter()
-        status = 200
+        status, times = 200, RequestTimes()
         metrics.in_flight.labels(s.name).inc()
         try:
-            return await work()
+            return await work(times)
         except HTTPError as e:
             status = e.status
             raise
@@ -128,9 +132,11 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             status = 500
             raise
         finally:
+            took = time.perf_counter() - t0
             metrics.in_flight.labels(s.name).dec()
             metrics.requests.labels(s.name, endpoint, str(status)).inc()
-            metrics.latency.labels(s.name).observe(time.perf_counter() - t0)
+            metrics.latency.labels(s.name).observe(took)
+            metrics.models[s.name].on_answer(times, took, ok=status < 400)
 
     async def images_to_arrays(s: Served, items: list[tuple[str, bytes]]) -> list:
         """Decoded and preprocessed like `predict`, in the decode pool: an array or an error line per image."""
@@ -140,8 +146,8 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
                                       for name, data in items))
         return [d.array if d.error is None else d.error for d in done]
 
-    async def run_rows(s: Served, x: np.ndarray) -> np.ndarray:
-        out = await s.batcher.infer(np.ascontiguousarray(x, dtype=np.float32))
+    async def run_rows(s: Served, x: np.ndarray, times: RequestTimes) -> np.ndarray:
+        out = await s.batcher.infer(np.ascontiguousarray(x, dtype=np.float32), times)
         metrics.images.labels(s.name).inc(len(x))
         return out
 
@@ -153,7 +159,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     async def server_metadata():
         from .. import __version__
         return {"name": "cvzoo", "version": __version__,
-                "extensions": ["binary_tensor_data", "classification", "model_configuration"]}
+                "extensions": ["binary_tensor_data", "classification", "model_configuration", "statistics"]}
 
     @app.get("/v2/health/live")
     async def live():
@@ -162,6 +168,13 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     @app.get("/v2/health/ready")
     async def ready():
         return Response(status_code=200 if all(s.batcher.workers for s in served) else 503)
+
+    @app.get("/v2/models/stats")  # ahead of the metadata route, which would take "stats" for a model's name
+    @app.get("/v2/models/{name}/stats")
+    @app.get("/v2/models/{name}/versions/{version}/stats")
+    async def model_statistics(name: Optional[str] = None, version: Optional[str] = None):
+        names = [model(name, version).name] if name else list(models)
+        return {"model_stats": [metrics.models[n].as_json(n, VERSION) for n in names]}
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -204,15 +217,20 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             s = model(request.path_params["name"], request.path_params["version"])
             body = await request.body()
 
-            async def work():
+            async def work(times: RequestTimes):
+                t0 = time.perf_counter()
                 try:
                     header, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
                     k, asked = v2_outputs(header)
                     x = await v2_input(s, tensors)
                 except ProtocolError as e:
                     raise HTTPError(400, str(e)) from None
-                logits = await run_rows(s, x)
-                return v2_response(s, header, k, asked, logits)
+                times.compute_input = time.perf_counter() - t0
+                logits = await run_rows(s, x, times)
+                t0 = time.perf_counter()
+                response = v2_response(s, header, k, asked, logits)
+                times.compute_output = time.perf_counter() - t0
+                return response
             response = await answer(s, "v2_infer", work)
         except HTTPError as e:
             response = JSONResponse({"error": e.message}, status_code=e.status)
@@ -313,7 +331,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
         k = int(k)
         files = [f for key, f in form.multi_items() if key in ("file", "files") and hasattr(f, "read")]
 
-        async def work():
+        async def work(times: RequestTimes):
             if not files:
                 raise HTTPError(400, "no image files in the form (field 'file' or 'files')")
             items = [(f.filename or "upload", await f.read()) for f in files]
@@ -322,11 +340,15 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             good = [a for a in arrays if not isinstance(a, str)]
             if not good:
                 raise HTTPError(400, arrays[0])
-            logits = await run_rows(s, np.stack(good))
+            x = np.stack(good)
+            times.compute_input = time.perf_counter() - t0
+            logits = await run_rows(s, x, times)
+            t1 = time.perf_counter()
             names = [name for (name, _), a in zip(items, arrays) if not isinstance(a, str)]
             preds = iter(predictions_from_logits(names, logits, s.classes, k))
             rows = [Prediction(name, [], [], [], error=a).as_dict() if isinstance(a, str) else next(preds).as_dict()
                     for (name, _), a in zip(items, arrays)]
+            times.compute_output = time.perf_counter() - t1
             return {"model": s.name, "predictions": rows, "latency_ms": round(1000 * (time.perf_counter() - t0), 2)}
         return await answer(s, "v1_predict", work)
 

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .stats import RequestTimes
+
 
 class EngineError(RuntimeError):
     """The engine failed on a batch: its requests are answered 500."""
@@ -20,6 +22,7 @@ class EngineError(RuntimeError):
 class _Item:
     x: np.ndarray
     future: asyncio.Future
+    times: Optional[RequestTimes] = None  # gets its queue wait and its batch's engine time
     queued: float = field(default_factory=time.perf_counter)
 
 
@@ -29,6 +32,13 @@ class BatchStats:
     on_batch: Callable[[int], None] = lambda n: None
     on_queue_wait: Callable[[float], None] = lambda s: None
     on_engine_error: Callable[[], None] = lambda: None
+    on_batch_run: Callable[[int, float], None] = lambda images, seconds: None
+
+
+def _timed(engine, x: np.ndarray) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    out = engine.run(x)
+    return out, time.perf_counter() - t0
 
 
 class Batcher:
@@ -48,9 +58,10 @@ class Batcher:
         self.queue = asyncio.Queue()
         self.workers = [asyncio.create_task(self._work(e, p)) for e, p in zip(self.engines, self.pools)]
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
-        """Rows of `x` -> their logits, run in some batch."""
-        item = _Item(x, asyncio.get_running_loop().create_future())
+    async def infer(self, x: np.ndarray, times: Optional[RequestTimes] = None) -> np.ndarray:
+        """Rows of `x` -> their logits, run in some batch; `times` gets its queue wait and that batch's engine
+        time."""
+        item = _Item(x, asyncio.get_running_loop().create_future(), times)
         await self.queue.put(item)
         return await item.future
 
@@ -77,12 +88,15 @@ class Batcher:
             now = time.perf_counter()
             for it in items:
                 self.stats.on_queue_wait(now - it.queued)
+                if it.times is not None:
+                    it.times.queue = now - it.queued
             self.stats.on_batch(n)
             self.busy += 1
             try:
-                out = await loop.run_in_executor(pool, engine.run, np.concatenate([it.x for it in items]))
+                out, seconds = await loop.run_in_executor(pool, _timed, engine, np.concatenate([it.x for it in items]))
                 if len(out) != n:
                     raise RuntimeError(f"it answered {len(out)} rows")
+                self.stats.on_batch_run(n, seconds)
             except Exception as e:  # the batch fails; the server goes on
                 self.stats.on_engine_error()
                 for it in items:
@@ -91,6 +105,8 @@ class Batcher:
             else:
                 at = 0
                 for it in items:
+                    if it.times is not None:
+                        it.times.compute_infer = seconds
                     if not it.future.done():
                         it.future.set_result(out[at:at + len(it.x)])
                     at += len(it.x)
