@@ -206,7 +206,7 @@ def test_metrics_count_requests_batches_and_images(server):
     assert 'status="200"' in text and "cvzoo_queue_seconds_bucket" in text and "cvzoo_images_total" in text
 
 
-def test_tritonclient_reads_the_statistics_perf_analyzer_splits_latency_with(server):
+def test_tritonclient_reads_each_models_statistics_split_by_stage(server):
     """Triton's statistics extension: cumulative per model, so this reads the difference its own requests make."""
     import tritonclient.http as tc
     client = tc.InferenceServerClient(url=f"127.0.0.1:{server.port}")
