@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -42,13 +42,11 @@ class ModelStats:
     queue: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
-    images: int = 0
     batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))
     last_inference_ms: int = 0
 
     def on_batch_run(self, images: int, seconds: float) -> None:
         self.batches[images].add(seconds)
-        self.images += images
         self.last_inference_ms = int(time.time() * 1000)
 
     def on_answer(self, times: RequestTimes, seconds: float, ok: bool) -> None:
@@ -56,17 +54,16 @@ class ModelStats:
             self.fail.add(seconds)
             return
         self.success.add(seconds)
-        for part in ("compute_input", "queue", "compute_infer", "compute_output"):
-            getattr(self, part).add(getattr(times, part))
+        for part in fields(times):
+            getattr(self, part.name).add(getattr(times, part.name))
 
     def as_json(self, name: str, version: str) -> dict:
         none = Duration().as_json()
+        parts = ("success", "fail", *(f.name for f in fields(RequestTimes)))
         return {"name": name, "version": version, "last_inference": self.last_inference_ms,
-                "inference_count": self.images, "execution_count": sum(d.count for d in self.batches.values()),
-                "inference_stats": {"success": self.success.as_json(), "fail": self.fail.as_json(),
-                                    "queue": self.queue.as_json(), "compute_input": self.compute_input.as_json(),
-                                    "compute_infer": self.compute_infer.as_json(),
-                                    "compute_output": self.compute_output.as_json(),
+                "inference_count": sum(n * d.count for n, d in self.batches.items()),
+                "execution_count": sum(d.count for d in self.batches.values()),
+                "inference_stats": {**{p: getattr(self, p).as_json() for p in parts},
                                     "cache_hit": none, "cache_miss": none},
                 "batch_stats": [{"batch_size": n, "compute_input": none, "compute_infer": d.as_json(),
                                  "compute_output": none} for n, d in sorted(self.batches.items())],
