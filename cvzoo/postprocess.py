@@ -111,9 +111,13 @@ def _temp_file(folder: Path, prefix: str, what: Path) -> tuple[int, str]:
         raise CvzooError(f"{what}: cannot write there ({e.strerror or e})") from None
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
+def _refuse_folder(path: Path) -> None:
     if path.is_dir():
         raise CvzooError(f"{path}: is a folder, not a file to write")
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    _refuse_folder(path)
     return _temp_file(path.parent, f".{path.name}.", path)
 
 
@@ -139,8 +143,7 @@ def writable_file(path: Union[str, Path]) -> Path:
     """`path`, checked before a run does its work, so that the work is not lost at the end: a file this process can
     write there."""
     path = Path(path)
-    if path.is_dir():
-        raise CvzooError(f"{path}: is a folder, not a file to write")
+    _refuse_folder(path)
     writable_folder(path.parent, what=path)
     return path
 
