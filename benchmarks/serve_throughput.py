@@ -11,7 +11,7 @@ Load generators, each at --users concurrent connections, KServe v2 requests in T
 - locust (FastHttpUser, headless): a Python process that needs most of a core at these rates, and checks every JPEG
   answer's top-1 against `cvzoo predict`.
 For each fixture x engine: the default guarded int8 build (calibrated on ../shared/data/imagenet-sample); engine-only
-images/s at batch 1 (`cvzoo bench`, --instances); then --rounds rounds, each engine-only at --max-batch followed by the
+images/s at batch 1 (`cvzoo bench`, --instances, --threads); then --rounds rounds, each engine-only at --max-batch followed by the
 server under each generator with one FP32 tensor per request: each round's ratio cancels the machine's drift, and the
 row reports the median, an interval that holds the true median with at least 90% probability (paired_rounds.py) and
 whether that lies above or below --target; then one JPEG per request (Imagenette val), against `cvzoo bench
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from cvzoo.serve.protocol import encode_bytes
 from paired_rounds import median_interval, verdict  # this folder is on sys.path when the script runs
@@ -103,12 +104,13 @@ def int8_artifact(name: str, engine: str, tmp: Path) -> Path:
                  force=True, say=lambda m: None)
 
 
-def start_server(art: Path, engine: str, max_batch: int, delay_ms: float, instances: int, *extra: str
-                 ) -> tuple[subprocess.Popen, str]:
+def start_server(art: Path, engine: str, max_batch: int, delay_ms: float, instances: int, threads: Optional[int],
+                 *extra: str) -> tuple[subprocess.Popen, str]:
     p = port()
     proc = subprocess.Popen([sys.executable, "-m", "cvzoo", "serve", str(art), "--engine", engine, "--port", str(p),
                              "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms),
-                             "--instances", str(instances), *extra],
+                             "--instances", str(instances), *(["--threads", str(threads)] if threads else []),
+                             *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{p}"
     wait_ready(proc, url)
@@ -219,6 +221,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--instances", type=int, default=1, help="engine instances, in the server and engine-only alike")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="per instance, in the server and engine-only alike (default: cores / instances)")
     ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--load-generators", default=None,
                     help="wrk,locust,perf_analyzer (default: wrk and locust, where wrk is installed)")
@@ -228,7 +232,7 @@ def main() -> None:
                     help="engine-only and served FP32-tensor runs, taking turns; each row reports the median ratio "
                          "(5 or more for a 90%% interval)")
     ap.add_argument("--target", type=float, default=0.9, help="served / engine-only at --max-batch to reach")
-    ap.add_argument("--serve-args", default="", help="more `cvzoo serve` options, e.g. '--threads 1'")
+    ap.add_argument("--serve-args", default="", help="more `cvzoo serve` options")
     ap.add_argument("--out", default="benchmarks/results/serve_throughput.json")
     args = ap.parse_args()
     from cvzoo.artifact import Artifact
@@ -255,8 +259,8 @@ def main() -> None:
                 expected = [[str(f), p.ids[0]] for f, p in zip(files, pred.predict_paths(files, topk=1))]
                 pred.close()
                 rep = bench(art, engine=engine, batches=(1,), duration=args.seconds / 2, warmup=1.0, images=val,
-                            instances=args.instances)
-                proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances,
+                            instances=args.instances, threads=args.threads)
+                proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances, args.threads,
                                          *args.serve_args.split())
                 env = {"CVZOO_MODEL": a.name, "CVZOO_SIZE": str(size), "CVZOO_FILES": json.dumps(expected)}
                 bodies = {"tensor": [tensor_body(size)], "jpeg": [jpeg_body(f.read_bytes()) for f in files]}
@@ -274,7 +278,8 @@ def main() -> None:
                     # engine-only and served take turns: the machine's drift between rounds cancels in each ratio
                     for i in range(args.rounds):
                         only = bench(art, engine=engine, batches=(args.max_batch,), duration=args.seconds / 2,
-                                     warmup=1.0, instances=args.instances)["results"][0]["throughput_ips"]
+                                     warmup=1.0, instances=args.instances, threads=args.threads
+                                     )["results"][0]["throughput_ips"]
                         rounds.append({"engine_only_ips_bmax": round(only, 2),
                                        **{g: load(g, "tensor", f"tensor{i}") for g in generators}})
                     served = {f"{g}_jpeg": load(g, "jpeg", "jpeg") for g in generators}
@@ -290,7 +295,7 @@ def main() -> None:
                 e2e = rep["end_to_end"]["end_to_end_ips"]
                 row = {"model": name, "engine": engine, "input_size": size, "form": a.manifest.build.quantization.form,
                        "users": args.users, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
-                       "instances": args.instances, "serve_args": args.serve_args,
+                       "instances": args.instances, "threads": args.threads, "serve_args": args.serve_args,
                        "engine_only_ips_b1": round(rep["results"][0]["throughput_ips"], 2),
                        "engine_only_ips_bmax": round(statistics.median(r["engine_only_ips_bmax"] for r in rounds), 2),
                        "bench_images_ips": round(e2e, 2), "rounds": rounds, "served": served,
@@ -307,7 +312,7 @@ def main() -> None:
                 first = first or (art, engine, env, row)
         if args.soak_minutes:  # after the speed rows: it checks answers and memory, not speed
             art, engine, env, row = first
-            proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances,
+            proc, url = start_server(art, engine, args.max_batch, args.max_delay_ms, args.instances, args.threads,
                                      *args.serve_args.split())
             try:
                 locust(url, {**env, "CVZOO_MODE": "soak"}, 32, 30, tmp, "soak-warm")

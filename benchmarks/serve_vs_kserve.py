@@ -99,7 +99,7 @@ def main() -> None:
                 size = a.preprocessing.input_size
                 bodies = {fmt: make(size) for fmt, make in TENSOR_BODIES.items()}
                 expected = int(load_engine(a, engine, threads=threads).run(seeded_image(size)).argmax())
-                procs = {"cvzoo": start_server(art, engine, args.max_batch, 2.0, 1),
+                procs = {"cvzoo": start_server(art, engine, args.max_batch, 2.0, 1, threads),
                          **{k: start_kserve(py, art, engine, threads, how, tmp / f"{k}.log")
                             for k, how in (("kserve", "loop"), ("kserve_thread", "thread"))}}
                 rounds = []

@@ -426,10 +426,79 @@ def test_a_batch_answered_with_missing_rows_fails_that_batch_only():
         alone = await b.infer(rows[2:])
         await b.drain()
         return together, alone
-    with ThreadPoolExecutor(1) as pool:  # a thread of its own: the browser tests' Playwright holds this one's loop
-        together, alone = pool.submit(asyncio.run, scenario()).result()
+    together, alone = _in_own_loop(scenario)
     assert all(isinstance(e, EngineError) and "answered 1 rows" in str(e) for e in together), together
     assert alone.tolist() == [[2.0]]
+
+
+class _Timed:
+    """An engine that takes `seconds` per batch and records each batch's size, start and end."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.runs = seconds, []
+
+    def run(self, x):
+        t0 = time.perf_counter()
+        time.sleep(self.seconds)
+        self.runs.append((len(x), t0, time.perf_counter()))
+        return x[:, :, 0, 0]
+
+
+def _in_own_loop(scenario):
+    import asyncio
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: the browser tests' Playwright holds this one's loop
+        return pool.submit(asyncio.run, scenario()).result()
+
+
+def test_a_full_batch_starts_when_the_run_before_it_ends_even_while_the_event_loop_is_busy():
+    """The next full batch waits in the engine's own thread, so a busy event loop does not hold the engine idle; a
+    short batch is not queued behind a running one, and gets what came in meanwhile."""
+    import asyncio
+
+    from cvzoo.serve.batcher import Batcher
+    engine = _Timed(0.1)
+
+    async def scenario():
+        b = Batcher([engine], max_batch=4, max_delay_ms=0)
+        b.start()
+        rows = np.arange(11, dtype=np.float32).reshape(11, 1, 1, 1)
+        asks = [asyncio.ensure_future(b.infer(rows[a:z])) for a, z in ((0, 4), (4, 8), (8, 9))]
+        await asyncio.sleep(0.02)
+        asks.append(asyncio.ensure_future(b.infer(rows[9:11])))
+        await asyncio.sleep(0)
+        time.sleep(0.6)  # the event loop busy well past the first two runs
+        unblocked = time.perf_counter()
+        out = await asyncio.gather(*asks)
+        await b.drain()
+        return rows, out, unblocked
+    rows, out, unblocked = _in_own_loop(scenario)
+    assert [o.ravel().tolist() for o in out] == [rows[a:z].ravel().tolist() for a, z in ((0, 4), (4, 8), (8, 9), (9, 11))]
+    (n1, _, end1), (n2, start2, _), (n3, start3, _) = engine.runs
+    assert (n1, n2, n3) == (4, 4, 3), engine.runs
+    assert start2 - end1 < 0.15, f"the second batch started {start2 - end1:.3f} s after the first ended"
+    assert start3 >= unblocked
+
+
+def test_a_short_batch_waits_max_delay_for_more_requests():
+    import asyncio
+
+    from cvzoo.serve.batcher import Batcher
+    engine = _Timed(0)
+
+    async def scenario():
+        b = Batcher([engine], max_batch=8, max_delay_ms=150)
+        b.start()
+        t0 = time.perf_counter()
+        first = asyncio.ensure_future(b.infer(np.ones((1, 1, 1, 1), np.float32)))
+        await asyncio.sleep(0.05)
+        second = await asyncio.wait_for(b.infer(np.zeros((1, 1, 1, 1), np.float32)), 5)
+        out = [await first, second]
+        await b.drain()
+        return t0, out
+    t0, out = _in_own_loop(scenario)
+    assert [o.ravel().tolist() for o in out] == [[1.0], [0.0]]
+    [(n, start, _)] = engine.runs
+    assert n == 2 and start - t0 >= 0.15
 
 
 def test_a_json_answer_is_strict_json_and_keeps_float32_exactly():

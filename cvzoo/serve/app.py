@@ -167,7 +167,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
 
     @app.get("/v2/health/ready")
     async def ready():
-        return Response(status_code=200 if all(s.batcher.workers for s in served) else 503)
+        return Response(status_code=200 if all(s.batcher.ready for s in served) else 503)
 
     @app.get("/v2/models/stats")  # ahead of the metadata route, which would take "stats" for a model's name
     @app.get("/v2/models/{name}/stats")
@@ -208,7 +208,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: Optional[str] = None):
-        return Response(status_code=200 if model(name, version).batcher.workers else 503)
+        return Response(status_code=200 if model(name, version).batcher.ready else 503)
 
     # KServe v2 infer, the hot path: an ASGI app that App runs ahead of FastAPI's middleware and router
     async def infer(scope, receive, send) -> None:
