@@ -409,6 +409,25 @@ def test_the_same_app_as_a_ray_serve_deployment(artifacts, tmp_path):
     assert code == 0 and "2 replica(s)" in said and "Traceback" not in said, said[-3000:]
 
 
+class _Timed:
+    """An engine that takes `seconds` per batch and records each batch's size, start and end."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.runs = seconds, []
+
+    def run(self, x):
+        t0 = time.perf_counter()
+        time.sleep(self.seconds)
+        self.runs.append((len(x), t0, time.perf_counter()))
+        return x[:, :, 0, 0]
+
+
+def _in_own_loop(scenario):
+    import asyncio
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: the browser tests' Playwright holds this one's loop
+        return pool.submit(asyncio.run, scenario()).result()
+
+
 def test_a_batch_answered_with_missing_rows_fails_that_batch_only():
     import asyncio
 
@@ -431,23 +450,23 @@ def test_a_batch_answered_with_missing_rows_fails_that_batch_only():
     assert alone.tolist() == [[2.0]]
 
 
-class _Timed:
-    """An engine that takes `seconds` per batch and records each batch's size, start and end."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.runs = seconds, []
-
-    def run(self, x):
-        t0 = time.perf_counter()
-        time.sleep(self.seconds)
-        self.runs.append((len(x), t0, time.perf_counter()))
-        return x[:, :, 0, 0]
-
-
-def _in_own_loop(scenario):
+def test_requests_that_do_not_stack_fail_their_batch_only():
     import asyncio
-    with ThreadPoolExecutor(1) as pool:  # a thread of its own: the browser tests' Playwright holds this one's loop
-        return pool.submit(asyncio.run, scenario()).result()
+
+    from cvzoo.serve.batcher import Batcher, EngineError
+    engine = _Timed(0)
+
+    async def scenario():
+        b = Batcher([engine], max_batch=2, max_delay_ms=50)
+        b.start()
+        odd = await asyncio.gather(b.infer(np.zeros((1, 1, 1, 1), np.float32)),
+                                   b.infer(np.zeros((1, 2, 1, 1), np.float32)), return_exceptions=True)
+        after = await b.infer(np.ones((2, 1, 1, 1), np.float32))
+        await b.drain()
+        return odd, after
+    odd, after = _in_own_loop(scenario)
+    assert all(isinstance(e, EngineError) and "batch of 2" in str(e) for e in odd), odd
+    assert after.tolist() == [[1.0], [1.0]]
 
 
 def test_a_full_batch_starts_when_the_run_before_it_ends_even_while_the_event_loop_is_busy():

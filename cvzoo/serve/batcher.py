@@ -112,8 +112,13 @@ class Batcher:
     def _submit(self, i: int, items: list[_Item]) -> None:
         n = sum(len(it.x) for it in items)
         self.stats.on_batch(n)
+        try:
+            x = np.concatenate([it.x for it in items])
+        except Exception as e:  # rows the app let through but that do not stack: their batch fails, not the server
+            self._fail(items, n, e)
+            return
         self.in_flight[i] += 1
-        run = self.loop.run_in_executor(self.pools[i], _timed, self.engines[i], np.concatenate([it.x for it in items]))
+        run = self.loop.run_in_executor(self.pools[i], _timed, self.engines[i], x)
         run.add_done_callback(lambda f: self._answer(i, items, n, f))
 
     def _answer(self, i: int, items: list[_Item], n: int, run: asyncio.Future) -> None:
@@ -124,10 +129,7 @@ class Batcher:
             if len(out) != n:
                 raise RuntimeError(f"it answered {len(out)} rows")
         except Exception as e:  # the batch fails; the server goes on
-            self.stats.on_engine_error()
-            for it in items:
-                if not it.future.done():
-                    it.future.set_exception(EngineError(f"engine failed on a batch of {n}: {e}"))
+            self._fail(items, n, e)
             return
         self.stats.on_batch_run(n, seconds)
         at = 0
@@ -138,6 +140,12 @@ class Batcher:
             if not it.future.done():
                 it.future.set_result(out[at:at + len(it.x)])
             at += len(it.x)
+
+    def _fail(self, items: list[_Item], n: int, e: Exception) -> None:
+        self.stats.on_engine_error()
+        for it in items:
+            if not it.future.done():
+                it.future.set_exception(EngineError(f"engine failed on a batch of {n}: {e}"))
 
     async def drain(self) -> None:
         """Wait for what is queued and running, then stop the engines."""
