@@ -11,12 +11,12 @@ Load generators, each at --users concurrent connections, KServe v2 requests in T
 - locust (FastHttpUser, headless): a Python process that needs most of a core at these rates, and checks every JPEG
   answer's top-1 against `cvzoo predict`.
 For each fixture x engine: the default guarded int8 build (calibrated on ../shared/data/imagenet-sample); engine-only
-images/s at batch 1 (`cvzoo bench`, --instances, --threads); then --rounds rounds, each engine-only at --max-batch followed by the
-server under each generator with one FP32 tensor per request: each round's ratio cancels the machine's drift, and the
-row reports the median, an interval that holds the true median with at least 90% probability (paired_rounds.py) and
-whether that lies above or below --target; then one JPEG per request (Imagenette val), against `cvzoo bench
---images`. Each served run records where the CPU went: the server's event loop, its other threads (engines,
-decoding), the load generator, idle.
+images/s at batch 1 (`cvzoo bench`, --instances, --threads, as the server); then --rounds rounds, each engine-only at
+--max-batch followed by the server under each generator with one FP32 tensor per request: each round's ratio cancels
+the machine's drift, and the row reports the median, an interval that holds the true median with at least 90%
+probability (paired_rounds.py) and whether that lies above or below --target; then one JPEG per request (Imagenette
+val), against `cvzoo bench --images`. Each served run records where the CPU went: the server's event loop, its other
+threads (engines, decoding), the load generator, idle.
 --soak-minutes: the first model at concurrency 32 with 5% bad requests mixed in (locust: every good answer's top-1
 checked); the server's RSS after warm-up and at the end.
 """

@@ -491,7 +491,8 @@ def test_a_full_batch_starts_when_the_run_before_it_ends_even_while_the_event_lo
         await b.drain()
         return rows, out, unblocked
     rows, out, unblocked = _in_own_loop(scenario)
-    assert [o.ravel().tolist() for o in out] == [rows[a:z].ravel().tolist() for a, z in ((0, 4), (4, 8), (8, 9), (9, 11))]
+    asked = ((0, 4), (4, 8), (8, 9), (9, 11))
+    assert [o.ravel().tolist() for o in out] == [rows[a:z].ravel().tolist() for a, z in asked]
     (n1, _, end1), (n2, start2, _), (n3, start3, _) = engine.runs
     assert (n1, n2, n3) == (4, 4, 3), engine.runs
     assert start2 - end1 < 0.15, f"the second batch started {start2 - end1:.3f} s after the first ended"
