@@ -93,24 +93,24 @@ class Batcher:
                     if self.timer is None:
                         self.timer = self.loop.call_later(wait, self._on_timer)
                     return
-            self._submit(i, self._take())
+            self._submit(i, *self._take())
 
     def _on_timer(self) -> None:
         self.timer = None
         self._dispatch()
 
-    def _take(self) -> list[_Item]:
-        """The pending requests of the next batch: the first one always, then while they fit in max_batch rows."""
+    def _take(self) -> tuple[list[_Item], int]:
+        """The pending requests of the next batch and their rows: the first one always, then while they fit in
+        max_batch rows."""
         items = [self.pending.popleft()]
         n = len(items[0].x)
         while self.pending and n + len(self.pending[0].x) <= self.max_batch:
             items.append(self.pending.popleft())
             n += len(items[-1].x)
         self.pending_rows -= n
-        return items
+        return items, n
 
-    def _submit(self, i: int, items: list[_Item]) -> None:
-        n = sum(len(it.x) for it in items)
+    def _submit(self, i: int, items: list[_Item], n: int) -> None:
         self.stats.on_batch(n)
         try:
             x = np.concatenate([it.x for it in items])
@@ -134,9 +134,10 @@ class Batcher:
         self.stats.on_batch_run(n, seconds)
         at = 0
         for it in items:
-            self.stats.on_queue_wait(started - it.queued)
+            waited = started - it.queued
+            self.stats.on_queue_wait(waited)
             if it.times is not None:
-                it.times.queue, it.times.compute_infer = started - it.queued, seconds
+                it.times.queue, it.times.compute_infer = waited, seconds
             if not it.future.done():
                 it.future.set_result(out[at:at + len(it.x)])
             at += len(it.x)
