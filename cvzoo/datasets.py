@@ -103,7 +103,8 @@ def _npz_datalist(datalist: Path, index: dict[str, int]) -> list[Sample]:
         if not path.is_absolute():
             path = datalist.parent / path
         tag = line.split()[1] if len(line.split()) > 1 else None  # a synset (or a class index)
-        label = None if tag is None else (index[tag] if tag in index else int(tag) if tag.isdigit() else None)
+        label = None if tag is None else (index[tag] if tag in index
+                                          else int(tag) if tag.isascii() and tag.isdigit() else None)
         out.append(Sample(path, label))
     if not out:
         raise CvzooError(f"{datalist}: empty datalist")

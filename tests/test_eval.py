@@ -163,3 +163,10 @@ def test_image2npz_datalist_evaluates_the_same(tmp_path, artifacts):
     ids_a = [json.loads(x)["ids"] for x in (tmp_path / "a" / "results.jsonl").read_text().splitlines()]
     ids_b = [json.loads(x)["ids"] for x in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
     assert ids_a == ids_b and b["counts"]["labelled"] == 15 and b["top1"] == a["top1"]
+
+
+def test_a_datalist_tag_of_non_ascii_digits_is_no_class_index(tmp_path):
+    from cvzoo.datasets import load_samples
+    (tmp_path / "list.txt").write_text("a.npz n01440764\nb.npz 3\nc.npz \u00b2\n", encoding="utf-8")
+    samples = load_samples(tmp_path / "list.txt", ["n01440764", "n02102040"])
+    assert [s.label for s in samples] == [0, 3, None]  # '²' passes str.isdigit, and int() refused it

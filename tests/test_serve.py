@@ -141,12 +141,13 @@ def _v2_with(**fields):
     return json.dumps({**json.loads(_v2_json([1, 3, 224, 224])), **fields}).encode()
 
 
-def _v2_binary(x: np.ndarray):
+def _v2_binary(x: np.ndarray, size=None):
     """_v2's body and headers: one FP32 tensor in Triton's binary format, as tritonclient sends it (JSON has no
-    NaN)."""
+    NaN); `size`, the binary_data_size to announce instead of the tensor's."""
+    x = x.astype(np.float32)
     head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
-    return {"body": head + x.astype(np.float32).tobytes(),
+                                   "parameters": {"binary_data_size": x.nbytes if size is None else size}}]}).encode()
+    return {"body": head + x.tobytes(),
             "headers": {"Inference-Header-Content-Length": str(len(head))}}
 
 
@@ -179,6 +180,23 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_goes_on(server):
                           "unknown input 'zzz'"),  # was answered as if it were 'input'
         "unknown version": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224]), model=f"{LITE0}/versions/7"), 404,
                             "has no version '7'"),
+        # these five were 500s (ValueError, TypeError)
+        "binary_data_size not an integer": (lambda: _v2(server.url, **_v2_binary(np.zeros((1, 3, 224, 224)),
+                                                                                 size="lots")), 400,
+                                            "binary_data_size must be a non-negative integer, got 'lots'"),
+        "datatype not a string": (lambda: _v2(server.url, _v2_json([1, 3, 224, 224], ["FP32"])), 400,
+                                  "unknown datatype ['FP32']"),
+        "output name not a string": (lambda: _v2(server.url, _v2_with(outputs=[{"name": ["logits"]}])), 400,
+                                     "unknown output ['logits']"),
+        "a shape of booleans": (lambda: _v2(server.url, _v2_json([True, 3, 224, 224])), 400,
+                                "a shape of non-negative integers"),
+        "topk not ASCII digits": (lambda: httpx.post(server.url + "/v1/predict", data={"topk": "\u00b2"},
+                                                     files=[("file", ("a.jpg", photo, "image/jpeg"))]), 400,
+                                  "topk must be a positive integer"),
+        # these two were answered as if JSON's true were 1 and an id could be any value
+        "topk true": (lambda: _v2(server.url, _v2_with(parameters={"topk": True})), 400,
+                      "topk must be a positive integer, got True"),
+        "id not a string": (lambda: _v2(server.url, _v2_with(id=7)), 400, "'id' must be a string, got int"),
     }
     good = lambda: _upload(server.url, "tench.jpg", (Path(demo_images()[0]).read_bytes()))
     with ThreadPoolExecutor(8) as pool:  # the good requests ride in the same batches as the bad ones
@@ -195,13 +213,18 @@ def test_metrics_count_requests_batches_and_images(server):
     with ThreadPoolExecutor(16) as pool:  # concurrency 16, one image each: dynamic batching groups them
         rs = list(pool.map(lambda _: _upload(server.url, "p.jpg", demo_images()[1].read_bytes()), range(32)))
     assert all(r.status_code == 200 for r in rs)
+    photo = demo_images()[1].read_bytes()  # ten images in one request, over --max-batch 8
+    ten = httpx.post(server.url + "/v1/predict", files=[("files", (f"{i}.jpg", photo, "image/jpeg")) for i in range(10)],
+                     timeout=60)
+    assert ten.status_code == 200 and len({p["topk"][0]["id"] for p in ten.json()["predictions"]}) == 1
     text = httpx.get(server.url + "/metrics").text
 
     def value(metric: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(metric) and f'model="{LITE0}"' in line)
     batches, images = value("cvzoo_batch_size_count"), value("cvzoo_batch_size_sum")
-    assert images >= 32 and images / batches > 1.5, (images, batches)  # batches of more than one request
+    assert images >= 42 and images / batches > 1.5, (images, batches)  # batches of more than one request
+    assert value('cvzoo_batch_size_bucket{le="8.0"') == batches  # and none over --max-batch
     assert value('cvzoo_requests_total{endpoint="v1_predict"') >= 32
     assert 'status="200"' in text and "cvzoo_queue_seconds_bucket" in text and "cvzoo_images_total" in text
 
@@ -497,6 +520,25 @@ def test_a_full_batch_starts_when_the_run_before_it_ends_even_while_the_event_lo
     assert (n1, n2, n3) == (4, 4, 3), engine.runs
     assert start2 - end1 < 0.15, f"the second batch started {start2 - end1:.3f} s after the first ended"
     assert start3 >= unblocked
+
+
+def test_a_request_over_max_batch_runs_in_parts_of_max_batch():
+    from cvzoo.serve.batcher import Batcher
+    from cvzoo.serve.stats import RequestTimes
+    engine = _Timed(0.05)
+
+    async def scenario():
+        b = Batcher([engine], max_batch=4, max_delay_ms=0)
+        b.start()
+        rows = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
+        times = RequestTimes()
+        out = await b.infer(rows, times)
+        await b.drain()
+        return rows, out, times
+    rows, out, times = _in_own_loop(scenario)
+    assert out.ravel().tolist() == rows.ravel().tolist()
+    assert [n for n, _, _ in engine.runs] == [4, 4, 2]
+    assert times.compute_infer == pytest.approx(sum(end - start for _, start, end in engine.runs), abs=0.01)
 
 
 def test_a_short_batch_waits_max_delay_for_more_requests():

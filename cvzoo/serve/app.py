@@ -269,15 +269,17 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     def v2_outputs(header: dict) -> tuple[int, list[tuple[str, dict]]]:
         """The request's top-k and the outputs it asks for, each with its parameters: checked before it runs."""
         k = parameters(header, "the request").get("topk", DEFAULT_TOPK)
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ProtocolError(f"parameters.topk must be a positive integer, got {k!r}")
         asked = header.get("outputs") or [{"name": n} for n in OUTPUTS]
         if not isinstance(asked, list):
             raise ProtocolError("'outputs' must be a list of objects with a name")
         out = []
         for o in asked:
-            oname = o.get("name") if isinstance(o, dict) else None
-            if oname not in OUTPUTS:
+            if not isinstance(o, dict):
+                raise ProtocolError(f"each output must be an object with a name, got {o!r}")
+            oname = o.get("name")
+            if not isinstance(oname, str) or oname not in OUTPUTS:
                 raise ProtocolError(f"unknown output {oname!r} (outputs: {', '.join(OUTPUTS)})")
             params = parameters(o, f"output '{oname}'")
             cls = params.get("classification")
@@ -325,10 +327,10 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             raise HTTPError(400, f"expected multipart/form-data with image files: {e}") from None
         name = form.get("model") or next(iter(models))
         s = model(str(name))
-        k = str(form.get("topk") or DEFAULT_TOPK)
-        if not k.isdigit() or int(k) < 1:
-            raise HTTPError(400, f"topk must be a positive integer, got '{k}'")
-        k = int(k)
+        text = str(form.get("topk") or DEFAULT_TOPK)
+        k = int(text) if text.isascii() and text.isdigit() else 0
+        if k < 1:
+            raise HTTPError(400, f"topk must be a positive integer, got '{text}'")
         files = [f for key, f in form.multi_items() if key in ("file", "files") and hasattr(f, "read")]
 
         async def work(times: RequestTimes):

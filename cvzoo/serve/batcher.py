@@ -72,12 +72,26 @@ class Batcher:
 
     async def infer(self, x: np.ndarray, times: Optional[RequestTimes] = None) -> np.ndarray:
         """Rows of `x` -> their logits, run in some batch; `times` gets its queue wait and that batch's engine
-        time."""
-        item = _Item(x, self.loop.create_future(), times)
-        self.pending.append(item)
+        time. More rows than `max_batch` run as several parts, so that no engine run is larger."""
+        if len(x) <= self.max_batch:
+            item = _Item(x, self.loop.create_future(), times)
+            self.pending.append(item)
+            self.pending_rows += len(x)
+            self._dispatch()
+            return await item.future
+        parts = [_Item(x[i:i + self.max_batch], self.loop.create_future(), RequestTimes())
+                 for i in range(0, len(x), self.max_batch)]
+        self.pending.extend(parts)
         self.pending_rows += len(x)
         self._dispatch()
-        return await item.future
+        outs = await asyncio.gather(*(p.future for p in parts), return_exceptions=True)
+        failed = [o for o in outs if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
+        if times is not None:  # each full part is a batch of its own: their engine times add up
+            times.queue = parts[0].times.queue
+            times.compute_infer = sum(p.times.compute_infer for p in parts)
+        return np.concatenate(outs)
 
     def _dispatch(self) -> None:
         """Hand out what is pending: full batches to instances with fewer than two batches in flight, the idle ones

@@ -70,23 +70,26 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
         raise ProtocolError(f"malformed JSON: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
         raise ProtocolError("the request needs an 'inputs' list with at least one tensor")
+    if not isinstance(header.get("id", ""), str):
+        raise ProtocolError(f"'id' must be a string, got {type(header['id']).__name__}")
     offset, tensors = split, []
     for spec in header["inputs"]:
         if not isinstance(spec, dict):
             raise ProtocolError("each input must be an object with name, shape, datatype")
         name, dtype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-        if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0
-                                                                               for d in shape):
+        if not isinstance(name, str) or not isinstance(shape, list) or not all(_natural(d) for d in shape):
             raise ProtocolError(f"input {name!r}: needs a name and a shape of non-negative integers")
-        if dtype != "BYTES" and dtype not in DTYPES:
+        if not isinstance(dtype, str) or (dtype != "BYTES" and dtype not in DTYPES):
             raise ProtocolError(f"input '{name}': unknown datatype {dtype!r}")
         count = math.prod(shape)
         size = parameters(spec, f"input '{name}'").get("binary_data_size")
         if size is not None:
-            raw = view[offset:offset + int(size)]
-            if len(raw) != int(size):
+            if not _natural(size):
+                raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
+            raw = view[offset:offset + size]
+            if len(raw) != size:
                 raise ProtocolError(f"input '{name}': {size} bytes of binary data announced, {len(raw)} sent")
-            offset += int(size)
+            offset += size
             if dtype == "BYTES":
                 value = _bytes_elements(bytes(raw), name)
             else:
@@ -101,6 +104,10 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
             raise ProtocolError(f"input '{name}': {len(value)} elements for shape {shape}")
         tensors.append(Tensor(name, dtype, shape, value))
     return header, tensors
+
+
+def _natural(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0  # JSON's true is no count
 
 
 def _json_data(data: Any, name: str, dtype: str, shape: list[int]):
