@@ -218,20 +218,24 @@ def bench_images(art: Artifact, engine: str, folder: Path, batch: int, threads: 
         raise CvzooError(f"{folder}: no images found")
     # speed only: weights need not be trained, and bench verified the files when it loaded the artifact
     p = Predictor(art.folder, engine=engine, threads=threads, random_init=True, verify_hashes=False)
-    n, t0 = 0, time.perf_counter()
+    n, skipped, t0 = 0, {}, time.perf_counter()
     while time.perf_counter() - t0 < duration:
         for pred in p.predict_paths(paths, batch=batch, workers=workers):
-            n += 1
+            if pred.ok:
+                n += 1
+            else:  # a file that cannot be decoded is no image/s
+                skipped[pred.path] = pred.error
         if n == 0:
-            break
+            first = next(iter(skipped.values()))
+            raise CvzooError(f"{folder}: none of its {len(paths)} files could be decoded ({first})")
     seconds = time.perf_counter() - t0
     decode_t0, m = time.perf_counter(), 0
     from .preprocess import decode_stream
-    for _ in decode_stream(paths, art.preprocessing, workers, pixels=p.pixels):
-        m += 1
+    for d in decode_stream(paths, art.preprocessing, workers, pixels=p.pixels):
+        m += d.error is None
     decode_s = time.perf_counter() - decode_t0
     return {"images": n, "seconds": seconds, "end_to_end_ips": n / seconds, "batch": batch,
-            "decode_preprocess_only_ips": m / decode_s, "files": len(paths)}
+            "decode_preprocess_only_ips": m / decode_s, "files": len(paths), "skipped": list(skipped.values())}
 
 
 def torch_eager_ips(art: Artifact, batch: int, threads: int, warmup: float, duration: float) -> dict:

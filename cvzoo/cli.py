@@ -472,6 +472,8 @@ def bench_cmd(model: str = typer.Argument(..., help="artifact directory or zoo m
         print_layer_profile(report["layer_profile"], layers)
     if "end_to_end" in report:
         e = report["end_to_end"]
+        for line in e["skipped"]:
+            status_line("skipped", line)
         console.print(f"end to end (decode + preprocess + infer): {e['end_to_end_ips']:.1f} img/s; "
                       f"decode + preprocess alone: {e['decode_preprocess_only_ips']:.1f} img/s")
     if json_out:

@@ -1,5 +1,6 @@
 """Issue 7: bench on CPU writes sane JSON/CSV; instances really run concurrently; bad arguments."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -142,6 +143,18 @@ def test_vs_torch_and_end_to_end(artifacts):
     assert row["speedup_vs_torch_compile"] is None
     e = rep["end_to_end"]
     assert e["end_to_end_ips"] > 0 and e["decode_preprocess_only_ips"] > 0
+
+
+def test_end_to_end_counts_decoded_images_only(artifacts, tmp_path):
+    from cvzoo.datasets import demo_images
+    art = Artifact.load(artifacts("dla46_c", weights=None))
+    (tmp_path / "bad.jpg").write_bytes(b"not a picture")
+    with pytest.raises(CvzooError, match="none of its 1 files could be decoded .*bad.jpg: not an image"):
+        bench_mod.bench_images(art, "onnxruntime", tmp_path, 1, 1, 0.2, 1)
+    shutil.copy(demo_images()[0], tmp_path / "good.jpg")
+    e = bench_mod.bench_images(art, "onnxruntime", tmp_path, 1, 1, 0.2, 1)
+    assert e["files"] == 2 and e["skipped"] == [f"{tmp_path / 'bad.jpg'}: not an image (unknown or unsupported format)"]
+    assert e["images"] > 0
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -214,8 +214,8 @@ def test_metrics_count_requests_batches_and_images(server):
         rs = list(pool.map(lambda _: _upload(server.url, "p.jpg", demo_images()[1].read_bytes()), range(32)))
     assert all(r.status_code == 200 for r in rs)
     photo = demo_images()[1].read_bytes()  # ten images in one request, over --max-batch 8
-    ten = httpx.post(server.url + "/v1/predict", files=[("files", (f"{i}.jpg", photo, "image/jpeg")) for i in range(10)],
-                     timeout=60)
+    ten = httpx.post(server.url + "/v1/predict", timeout=60,
+                     files=[("files", (f"{i}.jpg", photo, "image/jpeg")) for i in range(10)])
     assert ten.status_code == 200 and len({p["topk"][0]["id"] for p in ten.json()["predictions"]}) == 1
     text = httpx.get(server.url + "/metrics").text
 
