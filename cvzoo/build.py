@@ -11,17 +11,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from .artifact import Artifact, atomic_dir, sha256, versions, write_manifest
 from .buildconfig import BuildConfig
 from .calibration import labels_for, load_arrays, select_files, select_split
 from .card import get_card
-from .errors import CvzooError, TargetMissed
+from .errors import CvzooError, Say, TargetMissed
 from .postprocess import writable_folder
 from .runners import in_batches, model_runner, run_logits, time_runners
 
-Say = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- fp16

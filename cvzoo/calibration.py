@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -12,14 +12,14 @@ from onnxruntime.quantization import CalibrationDataReader
 from .artifact import sha256
 from .buildconfig import CalibrationConfig
 from .card import Preprocessing
-from .errors import CvzooError
+from .errors import CvzooError, Say
 
 
 DEFAULT_COUNT = 300  # calibration images (NNCF's default subset size)
 MIN_HOLDOUT, HOLDOUT_SHARE = 200, 0.2  # the guard's held-out images: this many, or this share of the folder
 
 
-def folder_files(cfg: CalibrationConfig, say: Callable[[str], None] = print) -> list[Path]:
+def folder_files(cfg: CalibrationConfig, say: Say = print) -> list[Path]:
     """The folder's images in name order, each distinct content once."""
     root = Path(cfg.path)
     if not root.is_dir():
@@ -76,7 +76,7 @@ def split_sizes(cfg: CalibrationConfig, available: int) -> tuple[int, int]:
     return count, held
 
 
-def select_split(cfg: CalibrationConfig, say: Callable[[str], None] = print) -> tuple[list[Path], list[Path]]:
+def select_split(cfg: CalibrationConfig, say: Say = print) -> tuple[list[Path], list[Path]]:
     """Calibration and held-out files, seeded and class-balanced, disjoint (in content too)."""
     files = folder_files(cfg, say)
     count, held = split_sizes(cfg, len(files))
@@ -84,7 +84,7 @@ def select_split(cfg: CalibrationConfig, say: Callable[[str], None] = print) -> 
 
 
 def select_files(cfg: CalibrationConfig, count: Optional[int] = None, files: Optional[list[Path]] = None,
-                 say: Callable[[str], None] = print) -> list[Path]:
+                 say: Say = print) -> list[Path]:
     """`count` files, seeded; round-robin over class sub-folders when the folder has them, so every
     class is represented (what the seeds ask of a calibration set)."""
     files = files if files is not None else folder_files(cfg, say)

@@ -1,4 +1,8 @@
-"""One exception type for everything a user can get wrong; the CLI prints it as one line."""
+"""One exception type for everything a user can get wrong; the CLI prints it as one line. And `Say`, where a long
+run's progress and warning lines go."""
+from typing import Callable
+
+Say = Callable[[str], None]  # print, or the CLI's stderr console
 
 
 class CvzooError(Exception):

@@ -7,9 +7,9 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from .errors import CvzooError
+from .errors import CvzooError, Say
 from .postprocess import writable_folder, write_text_atomic
 
 
@@ -69,7 +69,7 @@ def run_job(job: Job) -> dict:
     return row
 
 
-def _run_ray(jobs: list[Job], address: Optional[str], say: Callable[[str], None]) -> list[dict]:
+def _run_ray(jobs: list[Job], address: Optional[str], say: Say) -> list[dict]:
     try:
         import ray
     except ImportError:
@@ -96,7 +96,7 @@ TABLE_FIELDS = ["model", "source", "precision", "engine", "top1", "top5", "delta
 def sweep(models: Sequence[str], dtypes: Sequence[str], data: Path, out: Path, calib: Optional[Path] = None,
           bench: bool = False, ray_address: Optional[str] = None, use_ray: bool = False, count: Optional[int] = None,
           calibrate_mode: Optional[str] = None, weights: Optional[str] = "default", limit: Optional[int] = None,
-          engine: str = "onnxruntime", bench_seconds: float = 2.0, say: Callable[[str], None] = print) -> list[dict]:
+          engine: str = "onnxruntime", bench_seconds: float = 2.0, say: Say = print) -> list[dict]:
     """Every model x precision, built for `engine` (openvino: fp16/bf16 computed in half precision on CPUs
     that have it, int8 in the QDQ form OpenVINO reads)."""
     from .buildconfig import parse_config

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..buildconfig import BuildConfig
+from ..errors import Say
 from ..machine import has_vnni, machine_info
 from ..runners import Runner, compiled_runner, in_batches, model_runner, time_runners
 from .forms import PER_IMAGE_MODES, Int8Form, calibrated_ops, candidates, quantize
@@ -27,7 +28,6 @@ from .recovery import bias_correction, equalizable_pairs, equalize
 from .sensitivity import layer_sqnr, rank_sensitivity
 from .stats import OUTLIER_RATIO, ImageRanges, image_ranges, outlier_note
 
-Say = Callable[[str], None]
 RANKING_IMAGES = 32  # held-out images the node ranking runs on (one small graph per node)
 LAYER_ERROR_IMAGES = 16  # held-out images the per-layer error of the report is measured on
 # forms whose cost is within this of the fastest are taken as equally fast (timing noise on a shared CPU; 7-bit and

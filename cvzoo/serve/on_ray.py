@@ -6,15 +6,15 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from ..errors import CvzooError
+from ..errors import CvzooError, Say
 
 APP = "cvzoo"
 
 
 def serve_on_ray(artifacts: Sequence[Path], address: Optional[str], replicas: int, host: str, port: int,
-                 load_options: dict, max_body_mb: float, say: Callable[[str], None]) -> None:
+                 load_options: dict, max_body_mb: float, say: Say) -> None:
     """Runs until SIGINT/SIGTERM, then deletes the deployment (Ray Serve lets replicas finish what is in flight)."""
     try:
         import ray
