@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from .card import Preprocessing
 from .errors import CvzooError
-from .manifest import FORMAT_VERSION, Manifest
+from .manifest import FORMAT_VERSION, Manifest, content_digest
 from .postprocess import created_mode
 
 MANIFEST = "manifest.json"
@@ -81,6 +81,7 @@ def write_manifest(folder: Path, sections: dict) -> Manifest:
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = Manifest.model_validate({**sections, "format_version": FORMAT_VERSION, "files": files,
                                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    manifest.digest = content_digest(json.loads(manifest.to_json()))
     with open(folder / MANIFEST, "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
         f.flush()
@@ -111,11 +112,15 @@ class Artifact:
         if not path.is_file():
             raise CvzooError(f"{folder}: not a cvzoo artifact (no {MANIFEST})")
         try:
-            manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            manifest = Manifest.model_validate(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CvzooError(f"{path}: unreadable manifest ({e})") from None
         except ValidationError as e:
             raise CvzooError(f"{path}: not a valid manifest: {_one_line(e)}") from None
+        if verify_hashes and manifest.digest is not None and content_digest(data) != manifest.digest:
+            raise CvzooError(f"{path}: modified since it was written (its content does not match its digest); "
+                             "rebuild the artifact, or pass --no-verify to run it anyway")
         art = cls(folder, manifest)
         if verify_hashes:
             art.verify()
@@ -131,6 +136,8 @@ class Artifact:
             raise CvzooError(f"{self.folder / MANIFEST}: lists no sha256 for {model_file}; cannot verify the artifact "
                              "(rebuild it, or pass --no-verify)")
         for name, info in files.items():
+            if name in ("", ".", "..") or Path(name).name != name:  # the artifact's own files, nothing beside it
+                raise CvzooError(f"{self.folder / MANIFEST}: lists '{name}', which is not a file of this folder")
             p = self.folder / name
             if not p.is_file():
                 raise CvzooError(f"{p}: listed in the manifest but missing (rebuild the artifact)")

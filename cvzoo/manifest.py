@@ -5,6 +5,8 @@ misspelt or missing field fails where it is made, not three modules later. `form
 under `io`; version 1 manifests (top-level `inputs` / `outputs`) are read and upgraded in memory."""
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -180,6 +182,9 @@ class Manifest(_Section):
     versions: dict[str, str]
     created: Optional[str] = None
     files: dict[str, FileEntry] = Field(default_factory=dict)
+    # sha256 of this manifest without this field (`content_digest`): the one file `files` cannot cover; absent in
+    # artifacts written before it existed
+    digest: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +202,14 @@ class Manifest(_Section):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+def content_digest(data: dict) -> str:
+    """sha256 of a manifest's JSON object, its `digest` left out: keys sorted, no spaces, so the same content gives
+    the same digest however the file was indented."""
+    body = {k: v for k, v in data.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                          .encode("utf-8")).hexdigest()
 
 
 def field_list() -> list[str]:

@@ -1,10 +1,11 @@
-"""An artifact is verified on every load: a changed or missing file is refused by predict / eval / bench in one
-line naming it; --no-verify runs it anyway and says so."""
+"""An artifact is verified on every load: a changed or missing file, or an edited manifest, is refused by predict /
+eval / bench in one line naming it; --no-verify runs it anyway and says so."""
 import json
 
 import pytest
 
 from cvzoo.artifact import Artifact
+from cvzoo.manifest import content_digest
 from cvzoo.cli import main
 from cvzoo.errors import CvzooError
 from cvzoo.datasets import demo_images
@@ -48,10 +49,32 @@ def test_missing_or_unlisted_files_are_refused(artifact_copy):
         Artifact.load(artifact_copy)
     m = json.loads((artifact_copy / "manifest.json").read_text())
     del m["files"]["model.onnx"]
+    m["digest"] = content_digest(m)  # a manifest written that way, not edited since
     (artifact_copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CvzooError, match="lists no sha256 for model.onnx"):
         Artifact.load(artifact_copy)
     assert Artifact.load(artifact_copy, verify_hashes=False).name == "tf_efficientnet_lite0"
+
+
+def test_an_edited_manifest_is_refused_and_a_reindented_one_is_not(artifact_copy, capsys):
+    path = artifact_copy / "manifest.json"
+    m = json.loads(path.read_text())
+    path.write_text(json.dumps(m, indent=4, sort_keys=True))  # the same content, laid out differently
+    assert Artifact.load(artifact_copy).manifest.digest == m["digest"]
+    m["preprocessing"]["input_size"] = 256  # still a valid manifest; no longer the one that was built
+    path.write_text(json.dumps(m))
+    with pytest.raises(CvzooError, match="manifest.json: modified since it was written"):
+        Artifact.load(artifact_copy)
+    code, _, err = _run(capsys, "predict", artifact_copy, demo_images()[0], "-q")
+    assert code == 2 and err.count("error:") == 1 and "modified since it was written" in err, err
+    code, _, err = _run(capsys, "predict", artifact_copy, demo_images()[0], "-q", "--no-verify")  # was a traceback
+    assert code == 2 and err.count("error:") == 1 and "input of shape [1, 3, 256, 256] does not fit" in err, err
+    m["preprocessing"]["input_size"] = 224
+    m["files"]["../model.onnx"] = m["files"]["model.onnx"]  # a file beside the artifact, not in it
+    m["digest"] = content_digest(m)
+    path.write_text(json.dumps(m))
+    with pytest.raises(CvzooError, match="lists '../model.onnx', which is not a file of this folder"):
+        Artifact.load(artifact_copy)
 
 
 def test_artifacts_and_results_are_readable_like_any_file_this_user_writes(tmp_path):

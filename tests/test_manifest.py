@@ -23,6 +23,7 @@ def _rewrite(folder: Path, change) -> None:
 
 
 def _as_v1(m: dict) -> None:
+    m.pop("digest")  # format 1 had none
     io = m.pop("io")
     m.update(format_version=1, inputs=io["inputs"], outputs=io["outputs"])
 

@@ -39,6 +39,7 @@ class OrtEngine:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self._input_type = self.session.get_inputs()[0].type
+        self._input_shape = self.session.get_inputs()[0].shape  # ints where fixed, names where dynamic
 
     def _session(self, profile_prefix: Optional[str] = None) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -55,6 +56,9 @@ class OrtEngine:
             raise CvzooError(f"{self.path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
 
     def _input(self, batch: np.ndarray) -> np.ndarray:
+        want = self._input_shape
+        if len(batch.shape) != len(want) or any(isinstance(w, int) and w != d for w, d in zip(want, batch.shape)):
+            raise CvzooError(f"{self.path}: input of shape {list(batch.shape)} does not fit the model's {want}")
         return np.ascontiguousarray(batch, dtype=np.float16 if "float16" in self._input_type else np.float32)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
