@@ -7,6 +7,7 @@ computed from the file, in sample order.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter, defaultdict
@@ -43,21 +44,51 @@ def exclusive(out: Path) -> Iterator[None]:
         yield
 
 
-def _read_results(path: Path) -> dict[int, dict]:
-    """Lines already written; a torn last line (killed mid-write) is cut off the file."""
+def _read_results(path: Path, samples: int, classes: int) -> dict[int, dict]:
+    """Lines already written. A torn last line (killed mid-write) is cut off the file; lines that are not results of
+    this run (damaged or edited) are dropped from it with a warning, and their images are evaluated again."""
     done: dict[int, dict] = {}
     if not path.exists():
         return done
     raw = path.read_bytes()
     good_end = raw.rfind(b"\n") + 1
-    if good_end < len(raw):
+    kept, bad = [], []
+    for n, line in enumerate(raw[:good_end].split(b"\n")[:-1], 1):
+        if line.strip():
+            rec = _result(line, samples, classes)
+            if rec is None:
+                bad.append(n)
+            else:
+                done[rec["i"]] = rec
+                kept.append(line.decode("utf-8") + "\n")
+    if bad:
+        logging.getLogger("cvzoo").warning(
+            f"{path}: {len(bad)} line(s) are not results of this run (line {', '.join(map(str, bad[:5]))}"
+            f"{' ...' if len(bad) > 5 else ''}); dropped, and their images are evaluated again")
+        write_text_atomic(path, "".join(kept))
+    elif good_end < len(raw):
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    for line in raw[:good_end].decode("utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            done[rec["i"]] = rec
     return done
+
+
+def _result(line: bytes, samples: int, classes: int) -> Optional[dict]:
+    """One results.jsonl line as written by `_record`, or None."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError
+        return None
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if not (isinstance(rec, dict) and is_int(rec.get("i")) and 0 <= rec["i"] < samples
+            and isinstance(rec.get("path"), str) and (rec.get("label") is None or is_int(rec["label"]))):
+        return None
+    if "error" in rec:
+        return rec if isinstance(rec["error"], str) else None
+    ids, probs = rec.get("ids"), rec.get("probs")
+    ok = (isinstance(ids, list) and isinstance(probs, list) and len(ids) == len(probs) > 0
+          and all(is_int(c) and 0 <= c < classes for c in ids)
+          and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs))
+    return rec if ok else None
 
 
 def _run_identity(art: Artifact, engine: str, data: Path, labels: Optional[Path], samples: list[Sample],
@@ -126,13 +157,19 @@ def _run(predictor: Predictor, samples: list[Sample], out: Path, identity: dict,
     if fresh:
         results_file.unlink(missing_ok=True)
     if run_file.exists() and results_file.exists():
-        previous = json.loads(run_file.read_text())
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CvzooError(f"{run_file}: unreadable ({e}), so the results beside it cannot be resumed; use another "
+                             "--out or --fresh") from None
+        if not isinstance(previous, dict):
+            previous = {}
         if previous != identity:
             changed = [k for k in identity if previous.get(k) != identity[k]]
             raise CvzooError(f"{out}: holds results of a different run ({', '.join(changed)} differ); "
                              f"use another --out or --fresh")
     write_text_atomic(run_file, json.dumps(identity, indent=2))
-    done = _read_results(results_file)
+    done = _read_results(results_file, len(samples), len(art.class_names))
     todo = [(i, s) for i, s in enumerate(samples) if i not in done]
 
     from tqdm import tqdm
@@ -157,7 +194,7 @@ def _run(predictor: Predictor, samples: list[Sample], out: Path, identity: dict,
             bar.update(len(pending))
     bar.close()
     seconds = time.perf_counter() - t0
-    records = [r for _, r in sorted(_read_results(results_file).items())]
+    records = [r for _, r in sorted(_read_results(results_file, len(samples), len(art.class_names)).items())]
     summary = summarize(records, art.class_names)
     summary.update({
         "model": art.name, "precision": art.precision, "engine": predictor.engine.name, "artifact": str(art.folder),

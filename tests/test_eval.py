@@ -104,6 +104,30 @@ def test_resume_refuses_another_run(artifacts, tmp_path):
         evaluate(artifacts("tf_efficientnet_lite0"), imgs, tmp_path / "o", progress=False, engine="openvino")
 
 
+def test_damaged_result_lines_are_evaluated_again_and_an_unreadable_run_file_refused(artifacts, tmp_path, caplog):
+    from cvzoo.errors import CvzooError
+    from cvzoo.datasets import demo_images
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for p in demo_images()[:4]:
+        shutil.copy(p, imgs / p.name)
+    art, out = artifacts("tf_efficientnet_lite0"), tmp_path / "o"
+    first = evaluate(art, imgs, out, progress=False)
+    results = out / "results.jsonl"
+    lines = results.read_text().splitlines()
+    lines[1] = "garbage{"
+    lines[2] = lines[2].replace('"ids": [', '"ids": [5000, ', 1).replace('"probs": [', '"probs": [0.5, ', 1)
+    results.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe\n")  # and a line that is not UTF-8
+    again = evaluate(art, imgs, out, progress=False)  # was a JSONDecodeError traceback
+    assert "3 line(s) are not results of this run (line 2, 3, 5)" in caplog.text
+    assert again["throughput"]["images_this_session"] == 2
+    assert {k: v for k, v in again.items() if k != "throughput"} == {k: v for k, v in first.items() if k != "throughput"}
+    assert sorted(json.loads(x)["i"] for x in results.read_text().splitlines()) == [0, 1, 2, 3]
+    (out / "run.json").write_text("zz")
+    with pytest.raises(CvzooError, match="run.json: unreadable .* use another --out or --fresh"):
+        evaluate(art, imgs, out, progress=False)
+
+
 def test_bad_images_are_listed_not_dropped(artifacts, tmp_path):
     from cvzoo.datasets import demo_images
     d = tmp_path / "n01440764"
