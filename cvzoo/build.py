@@ -22,7 +22,6 @@ from .postprocess import writable_folder
 from .runners import in_batches, model_runner, run_logits, time_runners
 
 
-
 # ---------------------------------------------------------------- fp16
 def to_fp16(src: Path, dst: Path, keep_io_types: bool) -> None:
     import onnx
