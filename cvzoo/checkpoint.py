@@ -5,6 +5,7 @@ import importlib.util
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -44,7 +45,9 @@ def read_state_dict(path: Path, use_ema: bool = False) -> StateDict:
             raise CvzooError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
     else:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a legacy pickle of another protocol: it loads or is refused below
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             raise _refusal(path, e) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
