@@ -167,6 +167,8 @@ def load_config(path: Path) -> BuildConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise CvzooError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise CvzooError(f"{path}: not valid YAML (not UTF-8 text: byte {e.start})") from None
     if not isinstance(data, dict):
         raise CvzooError(f"{path}: expected a mapping of settings at the top level")
     return parse_config(data, str(path))  # relative paths are relative to the working directory

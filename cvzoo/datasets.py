@@ -66,10 +66,17 @@ def load_samples(data: Path, synsets: Sequence[str], labels: Optional[Path] = No
     return out
 
 
+def _text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CvzooError(f"{path}: not UTF-8 text (byte {e.start}), so not a {what}") from None
+
+
 def _with_labels(files: list[Path], labels: Path, index: dict[str, int]) -> list[Sample]:
     if not labels.is_file():
         raise CvzooError(f"{labels}: ground-truth file not found")
-    text = labels.read_text(encoding="utf-8").strip().splitlines()
+    text = _text(labels, "ground-truth file").strip().splitlines()
     by_stem: dict[str, int] = {}
     if labels.suffix == ".csv":  # LOC_val_solution.csv
         for row in csv.DictReader(text):
@@ -96,7 +103,7 @@ def _with_labels(files: list[Path], labels: Path, index: dict[str, int]) -> list
 
 def _npz_datalist(datalist: Path, index: dict[str, int]) -> list[Sample]:
     out = []
-    for line in datalist.read_text(encoding="utf-8").splitlines():
+    for line in _text(datalist, "datalist").splitlines():
         if not line.strip():
             continue
         path = Path(line.split()[0])

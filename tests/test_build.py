@@ -6,6 +6,7 @@ Calibration for the Imagenette fixtures: ../shared/data/imagenet-sample (real Im
 the build's defaults. Evaluation: all 1000 images of ../shared/data/imagenette-val.
 """
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +296,17 @@ def test_bad_configs(tmp_path, data, message):
         build(parse_config(data), say=lambda m: None)
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "ws").exists() or list((tmp_path / "ws").iterdir()) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"model: [dla34\n", "not valid YAML (while parsing a flow sequence)"),
+    (b"\xff\xfemodel: dla34\n", "not valid YAML (not UTF-8 text: byte 0)"),  # was a UnicodeDecodeError traceback
+    (b"- dla34\n", "expected a mapping of settings at the top level"),
+])
+def test_a_config_file_that_is_not_a_yaml_mapping_is_one_line(tmp_path, content, message):
+    (tmp_path / "c.yaml").write_bytes(content)
+    with pytest.raises(CvzooError, match=re.escape(f"{tmp_path / 'c.yaml'}: {message}")):
+        load_config(tmp_path / "c.yaml")
 
 
 def test_bad_calibration_folders(tmp_path):

@@ -191,6 +191,18 @@ def test_image2npz_datalist_evaluates_the_same(tmp_path, artifacts):
     assert ids_a == ids_b and b["counts"]["labelled"] == 15 and b["top1"] == a["top1"]
 
 
+def test_ground_truth_and_datalist_files_that_are_not_utf8_are_one_line(tmp_path):
+    from cvzoo.datasets import demo_images, load_samples
+    from cvzoo.errors import CvzooError
+    shutil.copy(demo_images()[0], tmp_path / "a.jpg")
+    (tmp_path / "truth.txt").write_bytes(b"a.jpg \xff\n")
+    (tmp_path / "list.txt").write_bytes(b"a.npz n01440764\n\xff\n")
+    with pytest.raises(CvzooError, match="truth.txt: not UTF-8 text \\(byte 6\\), so not a ground-truth file"):
+        load_samples(tmp_path, ["n01440764"], tmp_path / "truth.txt")
+    with pytest.raises(CvzooError, match="list.txt: not UTF-8 text \\(byte 16\\), so not a datalist"):
+        load_samples(tmp_path / "list.txt", ["n01440764"])
+
+
 def test_a_datalist_tag_of_non_ascii_digits_is_no_class_index(tmp_path):
     from cvzoo.datasets import load_samples
     (tmp_path / "list.txt").write_text("a.npz n01440764\nb.npz 3\nc.npz \u00b2\n", encoding="utf-8")
