@@ -77,28 +77,40 @@ def _with_labels(files: list[Path], labels: Path, index: dict[str, int]) -> list
     if not labels.is_file():
         raise CvzooError(f"{labels}: ground-truth file not found")
     text = _text(labels, "ground-truth file").strip().splitlines()
+    at = lambda n, why: CvzooError(f"{labels}: line {n}: {why}")
     by_stem: dict[str, int] = {}
     if labels.suffix == ".csv":  # LOC_val_solution.csv
-        for row in csv.DictReader(text):
-            synset = row["PredictionString"].split()[0]
-            if synset not in index:
-                raise CvzooError(f"{labels}: synset {synset} is not in the model's label set")
-            by_stem[row["ImageId"]] = index[synset]
+        rows = csv.DictReader(text)
+        if not {"ImageId", "PredictionString"} <= set(rows.fieldnames or []):
+            raise CvzooError(f"{labels}: a LOC_val_solution.csv needs the columns ImageId and PredictionString")
+        for n, row in enumerate(rows, 2):
+            synset = (row["PredictionString"] or "").split()[:1]
+            if not synset or synset[0] not in index:
+                raise at(n, f"synset {synset[0] if synset else '(none)'} is not in the model's label set")
+            by_stem[row["ImageId"]] = index[synset[0]]
     elif text and len(text[0].split()) == 2:  # "ILSVRC2012_val_00000001.JPEG 65" (0-based sorted-synset index)
-        for line in text:
-            name, value = line.split()
-            by_stem[Path(name).stem] = int(value)
+        for n, line in enumerate(text, 1):
+            parts = line.split()
+            if len(parts) != 2 or _class_index(parts[1], 0, len(index) - 1) is None:
+                raise at(n, f"expected 'FILE INDEX' with a 0-based class index 0..{len(index) - 1}, got '{line}'")
+            by_stem[Path(parts[0]).stem] = int(parts[1])
     else:  # one index per line, aligned with the sorted files
-        values = [int(v) for v in text]
+        values = [_class_index(v, 1, len(index)) for v in text]
+        for n, (v, line) in enumerate(zip(values, text), 1):
+            if v is None:
+                raise at(n, f"expected one 1-based class index 1..{len(index)}, got '{line}'")
         if len(values) != len(files):
             raise CvzooError(f"{labels}: {len(values)} labels for {len(files)} images")
-        if min(values) < 1 or max(values) > len(index):
-            raise CvzooError(f"{labels}: indices must be 1..{len(index)} (one 1-based class index per line)")
         return [Sample(f, v - 1) for f, v in zip(files, values)]
     missing = [f.name for f in files if f.stem not in by_stem]
     if missing:
         raise CvzooError(f"{labels}: no label for {len(missing)} images, e.g. {missing[0]}")
     return [Sample(f, by_stem[f.stem]) for f in files]
+
+
+def _class_index(text: str, low: int, high: int) -> Optional[int]:
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and low <= int(text) <= high else None
 
 
 def _npz_datalist(datalist: Path, index: dict[str, int]) -> list[Sample]:

@@ -1,6 +1,7 @@
 """Issue 5: eval reproduces fp32 accuracy, resumes after SIGKILL, eval-topk agrees, data tools."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -201,6 +202,27 @@ def test_ground_truth_and_datalist_files_that_are_not_utf8_are_one_line(tmp_path
         load_samples(tmp_path, ["n01440764"], tmp_path / "truth.txt")
     with pytest.raises(CvzooError, match="list.txt: not UTF-8 text \\(byte 16\\), so not a datalist"):
         load_samples(tmp_path / "list.txt", ["n01440764"])
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("truth.txt", "1\nhi\n", "line 2: expected one 1-based class index 1..10, got 'hi'"),  # these were tracebacks
+    ("truth.txt", "1\n11\n", "line 2: expected one 1-based class index 1..10, got '11'"),
+    ("truth.txt", "a.jpg 0\nb.jpg\n", "line 2: expected 'FILE INDEX' with a 0-based class index 0..9, got 'b.jpg'"),
+    ("truth.txt", "a.jpg 0\nb.jpg x\n", "line 2: expected 'FILE INDEX' with a 0-based class index 0..9"),
+    ("truth.txt", "a.jpg 0\nb.jpg 10\n", "line 2: expected 'FILE INDEX' with a 0-based class index 0..9"),  # was taken
+    ("truth.csv", "ImageId,Label\na,n00000001\n",
+     "a LOC_val_solution.csv needs the columns ImageId and PredictionString"),
+    ("truth.csv", "ImageId,PredictionString\na,\n", "line 2: synset (none) is not in the model's label set"),
+])
+def test_a_bad_ground_truth_file_is_one_line_naming_its_line(tmp_path, name, content, says):
+    from cvzoo.datasets import demo_images, load_samples
+    from cvzoo.errors import CvzooError
+    for stem, photo in zip("ab", demo_images()):
+        shutil.copy(photo, tmp_path / f"{stem}.jpg")
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / name).write_text(content)
+    with pytest.raises(CvzooError, match=re.escape(f"{tmp_path / 'gt' / name}: {says}")):
+        load_samples(tmp_path, [f"n{i:08d}" for i in range(10)], tmp_path / "gt" / name)
 
 
 def test_a_datalist_tag_of_non_ascii_digits_is_no_class_index(tmp_path):
