@@ -20,6 +20,9 @@ def artifact_for(model: Union[str, Path], weights: Union[None, str, Path] = None
     the export in the cache does not). A name without weights takes the card's own; a card without any is refused
     unless `random_init` (speed needs no weights)."""
     if is_artifact(Path(model)):
+        if weights is not None or size is not None:  # silently running the artifact's own would mislead
+            raise CvzooError(f"{model}: an artifact has its weights and input size built in; --weights and --size "
+                             "apply to a model name")
         return Path(model)
     if Path(model).exists():
         raise CvzooError(f"{model}: not a cvzoo artifact (no manifest.json) and not a model name")

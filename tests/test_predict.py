@@ -133,6 +133,17 @@ def test_a_model_that_is_neither_an_artifact_nor_a_name_is_named_as_what_it_is(t
             Predictor(model)
 
 
+def test_weights_or_a_size_given_with_an_artifact_are_refused_not_ignored(artifacts):
+    from cvzoo.bench import bench
+    from cvzoo.errors import CvzooError
+    art = artifacts("dla46_c", weights=None)
+    says = "an artifact has its weights and input size built in"
+    with pytest.raises(CvzooError, match=says):
+        Predictor(art, weights="other.pth", random_init=True)
+    with pytest.raises(CvzooError, match=says):  # bench timed the artifact's 224 px and said nothing
+        bench(art, batches=(1,), size=10, iterations=1)
+
+
 def test_engine_that_normalizes_gets_uint8_pixels_and_the_same_answers(artifacts, monkeypatch):
     """An engine with accepts_uint8 (torch-cuda) is handed the uint8 crop, and normalizes it itself. That
     engine needs a GPU, which CI lacks: here ONNX Runtime behind preprocess.normalize stands in for it, to
