@@ -385,7 +385,8 @@ def eval_topk_cmd(result: Path = typer.Argument(..., help="result.txt in the see
                   model: Optional[str] = typer.Option(None, "--model", help="artifact or model name whose class order the ids use (default ImageNet-1k)")):
     """top-1/top-5 of a result.txt (the seeds' eval_topk.py), truth from each path's synset."""
     from .evaluate import eval_topk
-    r = eval_topk(result, _artifact_or_card(model).synsets if model else None)
+    classes = _artifact_or_card(model) if model else None
+    r = eval_topk(result, classes.synsets, classes.class_names, model) if classes else eval_topk(result)
     console.print(f"top1_rate: {r['top1']} top5_rate: {r['top5']}  ({r['images']} images"
                   + (f", {r['unlabelled']} without a synset" if r["unlabelled"] else "") + ")")
 

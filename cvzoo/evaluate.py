@@ -227,9 +227,11 @@ def _as_prediction(r: dict, names: list[str]) -> Prediction:
     return Prediction(path=r["path"], ids=r["ids"], probs=r["probs"], names=[names[i] for i in r["ids"]])
 
 
-def eval_topk(result_txt: Path, synsets: Optional[list[str]] = None) -> dict:
+def eval_topk(result_txt: Path, synsets: Optional[list[str]] = None, names: Optional[list[str]] = None,
+              source: str = "ImageNet-1k") -> dict:
     """The seeds' eval_topk: top-1/top-5 of a result.txt; the true class comes from each path's synset
-    (its folder, or an n######## file-name prefix)."""
+    (its folder, or an n######## file-name prefix). `synsets` and `names` in the class order of the ids (`source`'s;
+    ImageNet-1k by default): ids outside it, or class names that mostly disagree with it, are refused."""
     from .labels import load_label_set
     from .postprocess import parse_result_txt
     path = Path(result_txt)
@@ -239,7 +241,9 @@ def eval_topk(result_txt: Path, synsets: Optional[list[str]] = None) -> dict:
         parsed = parse_result_txt(path.read_text(encoding="utf-8").splitlines())
     except ValueError as e:
         raise CvzooError(f"{path}: {e}") from None
-    synsets = synsets or [s for s, _ in load_label_set("imagenet-1k")]
+    if synsets is None:
+        synsets, names = map(list, zip(*load_label_set("imagenet-1k")))
+    _check_class_order(path, parsed, len(synsets), names, source)
     index = {s: i for i, s in enumerate(synsets)}
     top1 = top5 = n = unlabelled = 0
     for img, rows in parsed.items():
@@ -255,3 +259,22 @@ def eval_topk(result_txt: Path, synsets: Optional[list[str]] = None) -> dict:
     if not n:
         raise CvzooError(f"{path}: no image path names a known synset (folder or file-name prefix)")
     return {"images": n, "unlabelled": unlabelled, "top1": round(100.0 * top1 / n, 4), "top5": round(100.0 * top5 / n, 4)}
+
+
+def _check_class_order(path: Path, parsed: dict, classes: int, names: Optional[list[str]], source: str) -> None:
+    """The ids index `source`'s classes: none outside them, and their names mostly the same (the first comma part,
+    case aside: the seeds' result.txt may shorten a name), else the result comes from a model of other classes."""
+    rows = [(img, i, name) for img, found in parsed.items() for _, i, _, name in found]
+    for img, i, _ in rows:
+        if not 0 <= i < classes:
+            raise CvzooError(f"{path}: {img}: class id {i} is not one of the {classes} classes of {source}; pass "
+                             "--model with the artifact or model name whose class order the ids use")
+    if names:
+        head = lambda text: text.split(",")[0].strip().lower()
+        named = [(i, name) for _, i, name in rows if head(name)]  # a result.txt without names says nothing here
+        differ = [(i, name) for i, name in named if head(name) != head(names[i])]
+        if 2 * len(differ) > len(named):
+            i, name = differ[0]
+            raise CvzooError(f"{path}: its class names are not {source}'s at their ids (id {i}: '{name}' here, "
+                             f"'{names[i]}' in {source}); pass --model with the artifact or model name whose class "
+                             "order the ids use")

@@ -230,3 +230,23 @@ def test_a_datalist_tag_of_non_ascii_digits_is_no_class_index(tmp_path):
     (tmp_path / "list.txt").write_text("a.npz n01440764\nb.npz 3\nc.npz \u00b2\n", encoding="utf-8")
     samples = load_samples(tmp_path / "list.txt", ["n01440764", "n02102040"])
     assert [s.label for s in samples] == [0, 3, None]  # '²' passes str.isdigit, and int() refused it
+
+
+def test_eval_topk_refuses_ids_in_another_class_order(tmp_path):
+    from cvzoo.errors import CvzooError
+
+    def result(*rows):
+        path = tmp_path / f"r{len(list(tmp_path.iterdir()))}.txt"
+        path.write_text("".join(f"val/n01440764/n01440764_1.JPEG: Relay top-{rank} id: {i}, prob: 0.5, class name: "
+                                f"{name}\n" for rank, (i, name) in enumerate(rows)))
+        return path
+    assert eval_topk(result((0, "tench"), (1, "goldfish")))["top1"] == 100.0  # ImageNet-1k's names, shortened
+    assert eval_topk(result((0, ""), (1, "")))["top5"] == 100.0  # no names: nothing to compare
+    # an Imagenette model's result.txt, which was scored as if its ids were ImageNet-1k's
+    with pytest.raises(CvzooError, match="class names are not ImageNet-1k's at their ids \\(id 1: 'English springer'"):
+        eval_topk(result((0, "tench"), (1, "English springer"), (9, "parachute")))
+    with pytest.raises(CvzooError, match="class id 1000 is not one of the 1000 classes of ImageNet-1k"):
+        eval_topk(result((0, "tench"), (1000, "x")))
+    from cvzoo.cli import main
+    imagenette = result((0, "tench"), (1, "English springer"), (9, "parachute"))
+    assert main(["eval-topk", str(imagenette), "--model", "ese_vovnet19b_dw-imagenette"]) == 0  # its class order
