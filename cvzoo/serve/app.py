@@ -23,7 +23,7 @@ from ..artifact import Artifact
 from ..postprocess import Prediction, predictions_from_logits, softmax, topk
 from ..preprocess import decode
 from .batcher import BatchStats, Batcher, EngineError
-from .protocol import (HEADER_LENGTH, VERSION, ProtocolError, Tensor, encode_response, parameters,
+from .protocol import (HEADER_LENGTH, VERSION, ProtocolError, Tensor, encode_response, is_count, parameters,
                        parse_request)
 from .stats import ModelStats, RequestTimes
 
@@ -269,7 +269,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
     def v2_outputs(header: dict) -> tuple[int, list[tuple[str, dict]]]:
         """The request's top-k and the outputs it asks for, each with its parameters: checked before it runs."""
         k = parameters(header, "the request").get("topk", DEFAULT_TOPK)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if not is_count(k) or k < 1:
             raise ProtocolError(f"parameters.topk must be a positive integer, got {k!r}")
         asked = header.get("outputs") or [{"name": n} for n in OUTPUTS]
         if not isinstance(asked, list):
@@ -286,7 +286,7 @@ def create_app(served: Sequence[Served], metrics: Optional[Metrics] = None, max_
             if cls:
                 if oname not in ("logits", "probabilities"):
                     raise ProtocolError(f"classification applies to logits or probabilities, not {oname}")
-                if not isinstance(cls, int) or isinstance(cls, bool) or cls < 1:
+                if not is_count(cls) or cls < 1:
                     raise ProtocolError(f"output '{oname}': classification must be a positive integer, got {cls!r}")
             out.append((oname, params))
         return k, out

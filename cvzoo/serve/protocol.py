@@ -77,14 +77,14 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
         if not isinstance(spec, dict):
             raise ProtocolError("each input must be an object with name, shape, datatype")
         name, dtype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-        if not isinstance(name, str) or not isinstance(shape, list) or not all(_natural(d) for d in shape):
+        if not isinstance(name, str) or not isinstance(shape, list) or not all(is_count(d) for d in shape):
             raise ProtocolError(f"input {name!r}: needs a name and a shape of non-negative integers")
         if not isinstance(dtype, str) or (dtype != "BYTES" and dtype not in DTYPES):
             raise ProtocolError(f"input '{name}': unknown datatype {dtype!r}")
         count = math.prod(shape)
         size = parameters(spec, f"input '{name}'").get("binary_data_size")
         if size is not None:
-            if not _natural(size):
+            if not is_count(size):
                 raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
             raw = view[offset:offset + size]
             if len(raw) != size:
@@ -106,8 +106,9 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple[dict, list
     return header, tensors
 
 
-def _natural(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0  # JSON's true is no count
+def is_count(v: Any) -> bool:
+    """A JSON non-negative integer: JSON's true is no count, though Python's bool is an int."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _json_data(data: Any, name: str, dtype: str, shape: list[int]):
